@@ -1,0 +1,59 @@
+"""VGG-16, L = 4, on CIFAR-10 with the published recipe (SPEC section 7).
+
+    python train.py --config=configs/cifar10.py --workdir=workdirs/cifar10_vgg16
+
+Data come from tfds by default (needs internet and tensorflow). Offline, point it at local data:
+    --config.data_source=image_folder --config.data_dir=../shared/data/cifar10-jpeg
+    --config.data_source=cifar_pickle --config.data_dir=<folder with cifar-10-batches-py>
+Expected (QCFS paper, 300 epochs, one GPU): ANN 95.5 %, SNN 94.95 % at T = 8 without COS.
+The other configs import this one and override fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Model.
+  config.arch = 'vgg16'  # vgg16 | resnet18 | resnet20 | resnet34 | tiny
+  config.levels = 4  # QCFS quantization levels L
+  config.imagenet = False  # ImageNet variant of the architecture (224 px input)
+  config.model_kwargs = ml_collections.ConfigDict()  # extra model fields, e.g. dropout_rate
+  # Data.
+  config.dataset = 'cifar10'
+  config.num_classes = 10
+  config.input_shape = (32, 32, 3)
+  config.data_source = 'tfds'  # tfds | cifar_pickle | image_folder | digits | synthetic
+  config.data_dir = ''  # root of cifar_pickle / image_folder data
+  config.test_split = 'test'
+  config.cache_dir = ''  # decoded image-folder cache; '' means ~/.cache/cos_jax
+  config.mean = (0.4914, 0.4822, 0.4465)
+  config.std = (0.2023, 0.1994, 0.2010)
+  # Augmentation (SPEC section 7).
+  config.crop_padding = 4
+  config.flip = True
+  config.autoaugment = True  # AutoAugment's CIFAR-10 policy
+  config.cutout_size = 16  # one square hole; 0 turns Cutout off
+  # Optimisation.
+  config.batch_size = 128
+  config.num_epochs = 300
+  config.learning_rate = 0.1
+  config.warmup_epochs = 0
+  config.momentum = 0.9
+  config.weight_decay = 5e-4  # on every parameter, the QCFS thresholds included
+  config.seed = 0
+  # Bookkeeping.
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 500  # and at the end of every epoch
+  config.eval_every_epochs = 10
+  config.eval_batch_size = 500
+  # Conversion report after training (also what convert.py runs).
+  config.conversion = ml_collections.ConfigDict()
+  config.conversion.enabled = True
+  config.conversion.max_T = 32  # accuracy at every T = 1..max_T
+  config.conversion.rhos = (4,)  # COS pre-simulation lengths
+  config.conversion.rounds = 1  # COS rounds k
+  config.conversion.batch_size = 100
+  config.conversion.num_examples = -1  # -1: the whole test set
+  config.conversion.chunk = 8  # time steps per simulation chunk
+  return config

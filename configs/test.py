@@ -1,0 +1,24 @@
+"""The end-to-end test config: synthetic data, a tiny net, a few steps; seconds on a CPU.
+
+    python train.py --config=configs/test.py --workdir=/tmp/cos_jax_test
+"""
+
+from configs import digits
+
+
+def get_config():
+  config = digits.get_config()
+  config.dataset = 'synthetic'
+  config.data_source = 'synthetic'
+  config.synthetic_train_size = 256
+  config.synthetic_test_size = 64
+  config.batch_size = 32
+  config.num_epochs = 2
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 5
+  config.eval_every_epochs = 1
+  config.eval_batch_size = 32
+  config.conversion.max_T = 4
+  config.conversion.rhos = (2,)
+  config.conversion.batch_size = 32
+  return config

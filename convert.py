@@ -1,0 +1,34 @@
+"""Converts a trained QCFS network to an SNN and writes the conversion report to the workdir.
+
+    python convert.py --workdir=workdirs/digits
+    python convert.py --workdir=workdirs/cifar10_resnet20 --config.conversion.rhos='(2,4,8)'
+    python convert.py --workdir=workdirs/imported --config=configs/cifar10.py \
+        --torch_checkpoint=vgg16_cifar10.pth
+
+Without --config the run's own config.json is used; pass --config (with any --config.x=...
+overrides) to change the conversion settings.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cos_jax import conversion_report
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (default: <workdir>/config.json).',
+                                lock_config=False)
+flags.DEFINE_string('workdir', None, 'Run folder: its checkpoint is read and the report written.')
+flags.DEFINE_string('torch_checkpoint', None,
+                    'A PyTorch state_dict (.pth or .npz) of the reference code to convert instead.')
+flags.mark_flag_as_required('workdir')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
+  conversion_report.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,22 @@
+"""cos_jax: QCFS networks converted to spiking networks, calibrated with offset spikes (COS)."""
+
+from cos_jax.layers import Activation, Spiking
+from cos_jax.models import ARCHITECTURES, create_model, init_variables
+from cos_jax.qcfs import qcfs
+from cos_jax.snn import (
+                         DEFAULT_CHUNK,
+                         OFFSET_SPIKE_BINS,
+                         SNN,
+                         Shifts,
+                         calibrate,
+                         calibrate_and_simulate,
+                         convert,
+                         neuron_counts,
+                         simulate,
+)
+
+__all__ = [
+    'ARCHITECTURES', 'Activation', 'DEFAULT_CHUNK', 'OFFSET_SPIKE_BINS', 'SNN', 'Shifts',
+    'Spiking', 'calibrate', 'calibrate_and_simulate', 'convert', 'create_model',
+    'init_variables', 'neuron_counts', 'qcfs', 'simulate',
+]

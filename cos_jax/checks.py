@@ -1,0 +1,51 @@
+"""Input checks that run before anything is traced, so bad input gets a plain-language error."""
+
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+
+def check_images(images, input_shape: tuple[int, int, int]) -> None:
+  """Raises ValueError unless `images` is a finite float [B, *input_shape] batch."""
+  shape = getattr(images, 'shape', None)
+  if shape is None:
+    raise TypeError(f'images must be an array, got {type(images).__name__}.')
+  expected = '[batch, ' + ', '.join(map(str, input_shape)) + '] (NHWC)'
+  if len(shape) != 4:
+    raise ValueError(f'images must have rank 4, {expected}; got shape {tuple(shape)}.')
+  if tuple(shape[1:3]) != tuple(input_shape[:2]):
+    raise ValueError(f'images must be {input_shape[0]}x{input_shape[1]} for this model, '
+                     f'{expected}; got shape {tuple(shape)}.')
+  if shape[3] != input_shape[2]:
+    raise ValueError(f'images must have {input_shape[2]} channels (NHWC, channels last), '
+                     f'{expected}; got shape {tuple(shape)}.')
+  if shape[0] < 1:
+    raise ValueError('images is an empty batch.')
+  if not np.issubdtype(np.dtype(images.dtype), np.floating):
+    raise ValueError(f'images must be floating point and already normalised, got dtype '
+                     f'{images.dtype}.')
+  if not bool(jax.numpy.isfinite(images).all()):
+    raise ValueError('images contain NaN or infinite values.')
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')
+
+
+def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
+  """Raises ValueError naming every missing, unexpected or mis-shaped leaf of `given`."""
+  given_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(given)).items()}
+  expected_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(expected)).items()}
+  problems = [f'missing {k} (expected shape {tuple(v.shape)})'
+              for k, v in expected_flat.items() if k not in given_flat]
+  problems += [f'unexpected {k}' for k in given_flat if k not in expected_flat]
+  problems += [f'{k} has shape {tuple(np.shape(given_flat[k]))}, expected {tuple(v.shape)}'
+               for k, v in expected_flat.items()
+               if k in given_flat and tuple(np.shape(given_flat[k])) != tuple(v.shape)]
+  if problems:
+    shown = '; '.join(problems[:20])
+    more = f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
+    raise ValueError(f'{what} do not fit the model: {shown}{more}.')

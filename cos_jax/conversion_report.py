@@ -1,0 +1,223 @@
+"""The conversion report: ANN, plain QCFS conversion and COS accuracy at every T, offset spikes,
+firing rates, synaptic operations and an energy estimate; written as JSON, markdown and PNG.
+
+Energy constants (Horowitz, ISSCC 2014, 45 nm, 32-bit float): a multiply-accumulate costs
+ENERGY_MAC_PJ, an accumulate (one synaptic event of a spike) ENERGY_AC_PJ. The SNN pays MACs only
+in its first layer, whose input is the analog image (computed once), and an accumulate per
+synaptic event elsewhere: synaptic operations of a layer = its ANN MACs times the fraction of its
+inputs that are non-zero, summed over the T steps (border effects of padding are ignored).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from cos_jax import data
+from cos_jax import snn as snn_lib
+
+ENERGY_MAC_PJ = 4.6
+ENERGY_AC_PJ = 0.9
+REPORTED_T = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _progress(done: int, total: int, started: float, label: str) -> None:
+  rate = done / max(time.time() - started, 1e-9)
+  width = 30
+  filled = int(width * done / total)
+  eta = (total - done) / rate if rate else 0
+  sys.stderr.write(f'\r{label} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
+                   f'{rate:.0f} images/s ETA {eta:.0f} s ')
+  if done == total:
+    sys.stderr.write('\n')
+  sys.stderr.flush()
+
+
+def _methods(conversion) -> list[tuple[str, int]]:
+  return [('qcfs', 0)] + [(f'cos_rho{rho}', rho) for rho in conversion.rhos]
+
+
+def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
+  """Runs the ANN and every SNN method over the split and returns the raw report dict."""
+  conversion = config.conversion
+  max_T = conversion.max_T
+  n = len(split) if conversion.num_examples < 0 else min(conversion.num_examples, len(split))
+  split = data.Split(split.images[:n], split.labels[:n])
+  network = snn_lib.convert(model, variables)
+  methods = _methods(conversion)
+  correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
+  layer_stats = {name: {} for name, _ in methods}
+  ann_correct = 0
+  ann_apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  started = time.time()
+  for start in range(0, n, conversion.batch_size):
+    images = data.normalise(split.images[start:start + conversion.batch_size], config.mean,
+                            config.std)
+    labels = split.labels[start:start + conversion.batch_size]
+    ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
+    for name, rho in methods:
+      logits, _, stats = snn_lib.calibrate_and_simulate(
+          network, images, max_T, rho=rho, rounds=conversion.rounds, chunk=conversion.chunk,
+          statistics=True)
+      predictions = np.asarray(logits.cumsum(0).argmax(-1))  # [T, B]
+      correct[name] += (predictions == labels[None]).sum(1)
+      for layer, values in jax.device_get(stats).items():
+        totals = layer_stats[name].setdefault(layer, {})
+        for key, value in values.items():
+          totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
+    _progress(min(start + conversion.batch_size, n), n, started, 'converting')
+
+  neurons = snn_lib.neuron_counts(network)
+  costs = snn_lib.linear_layer_costs(model)
+  first_linear = next(iter(costs))
+  ann_macs = sum(c['macs'] for c in costs.values())
+  report = {
+      'examples': n, 'max_T': max_T, 'rounds': conversion.rounds,
+      'ann_accuracy': ann_correct / n,
+      'energy_constants_pj': {'mac': ENERGY_MAC_PJ, 'ac': ENERGY_AC_PJ},
+      'ann_macs_per_image': ann_macs,
+      'ann_energy_uj_per_image': ann_macs * ENERGY_MAC_PJ * 1e-6,
+      'offset_spike_bins': list(snn_lib.OFFSET_SPIKE_BINS),
+      'methods': {},
+  }
+  for name, rho in methods:
+    per_layer = {}
+    synops = 0.0
+    for layer, totals in layer_stats[name].items():
+      if 'psi_histogram' in totals:
+        histogram = totals['psi_histogram']
+        per_layer.setdefault(layer, {}).update(
+            offset_spike_shares=(histogram / histogram.sum()).tolist(),
+            firing_rate=float(totals['spikes'] / (neurons[layer] * n * max_T)))
+      else:
+        layer_synops = (costs[layer]['macs'] * totals['nonzero_inputs']
+                        / (costs[layer]['inputs'] * n)) if layer != first_linear else 0.0
+        synops += layer_synops
+        per_layer.setdefault(layer, {}).update(
+            synaptic_ops_per_image=float(layer_synops), ann_macs_per_image=costs[layer]['macs'])
+    first_macs = costs[first_linear]['macs']
+    report['methods'][name] = {
+        'rho': rho,
+        'accuracy_by_T': (correct[name] / n).tolist(),
+        'latency_by_T': [rho + t for t in range(1, max_T + 1)],
+        'layers': per_layer,
+        'synaptic_ops_per_image': synops,
+        'snn_energy_uj_per_image': (first_macs * ENERGY_MAC_PJ + synops * ENERGY_AC_PJ) * 1e-6,
+    }
+  return report
+
+
+def to_markdown(report: dict, title: str) -> str:
+  """The report as markdown tables."""
+  ts = [t for t in REPORTED_T if t <= report['max_T']]
+  lines = [f'# {title}', '',
+           f'{report["examples"]} test images; T is the number of simulated steps after the rho '
+           f'pre-simulation steps, so the latency is rho + T; COS rounds k = {report["rounds"]}.',
+           '', '## Accuracy (%)', '',
+           '| method | rho | ANN | ' + ' | '.join(f'T={t}' for t in ts) + ' |',
+           '|---|---|---|' + '---|' * len(ts)]
+  for name, method in report['methods'].items():
+    accuracy = method['accuracy_by_T']
+    lines.append(f'| {name} | {method["rho"]} | {100 * report["ann_accuracy"]:.2f} | '
+                 + ' | '.join(f'{100 * accuracy[t - 1]:.2f}' for t in ts) + ' |')
+  bins = report['offset_spike_bins']
+  labels = [f'psi<={bins[0]}'] + [f'psi={b:+d}' for b in bins[1:-1]] + [f'psi>=+{bins[-1]}']
+  lines += ['', f'## Offset spikes per layer over T = {report["max_T"]} steps '
+            '(share of neurons, %)',
+            '', '| method | layer | ' + ' | '.join(labels) + ' | firing rate |',
+            '|---|---|' + '---|' * (len(labels) + 1)]
+  for name, method in report['methods'].items():
+    for layer, values in method['layers'].items():
+      if 'offset_spike_shares' in values:
+        shares = ' | '.join(f'{100 * s:.2f}' for s in values['offset_spike_shares'])
+        lines.append(f'| {name} | {layer} | {shares} | {values["firing_rate"]:.4f} |')
+  lines += ['', f'## Synaptic operations and energy per image over T = {report["max_T"]} steps', '',
+            f'Energy: {report["energy_constants_pj"]["mac"]} pJ per MAC, '
+            f'{report["energy_constants_pj"]["ac"]} pJ per accumulate (45 nm); the SNN pays MACs '
+            'only in its first (analog-input) layer, once.', '',
+            '| network | MACs (M) | synaptic ops (M) | energy (uJ) |', '|---|---|---|---|',
+            f'| ANN | {report["ann_macs_per_image"] / 1e6:.2f} | - | '
+            f'{report["ann_energy_uj_per_image"]:.2f} |']
+  for name, method in report['methods'].items():
+    lines.append(f'| {name} | - | {method["synaptic_ops_per_image"] / 1e6:.2f} | '
+                 f'{method["snn_energy_uj_per_image"]:.2f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(report: dict, path_prefix: Path) -> list[Path]:
+  """Accuracy against T, and the offset-spike histogram (all layers pooled) of each method."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ts = np.arange(1, report['max_T'] + 1)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.axhline(100 * report['ann_accuracy'], color='black', linestyle='--', label='ANN')
+  for name, method in report['methods'].items():
+    ax.plot(ts, 100 * np.asarray(method['accuracy_by_T']), marker='.', label=name)
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('T (steps after the rho pre-simulation steps)')
+  ax.set_ylabel('test accuracy (%)')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  accuracy_path = path_prefix.with_name(path_prefix.name + '_accuracy.png')
+  fig.tight_layout()
+  fig.savefig(accuracy_path, dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  bins = np.asarray(report['offset_spike_bins'])
+  width = 0.8 / len(report['methods'])
+  for index, (name, method) in enumerate(report['methods'].items()):
+    shares = np.mean([v['offset_spike_shares'] for v in method['layers'].values()
+                      if 'offset_spike_shares' in v], axis=0)
+    ax.bar(bins + (index - (len(report['methods']) - 1) / 2) * width, 100 * shares, width,
+           label=name)
+  ax.set_xticks(bins, [f'<={bins[0]}'] + [f'{b:+d}' for b in bins[1:-1]] + [f'>=+{bins[-1]}'])
+  ax.set_yscale('log')
+  ax.set_xlabel('offset spike psi (actual - desired spikes)')
+  ax.set_ylabel('share of neurons, mean over layers (%)')
+  ax.legend()
+  histogram_path = path_prefix.with_name(path_prefix.name + '_offset_spikes.png')
+  fig.tight_layout()
+  fig.savefig(histogram_path, dpi=120)
+  plt.close(fig)
+  return [accuracy_path, histogram_path]
+
+
+def run(config, workdir, model, variables, split: data.Split, title: str | None = None) -> dict:
+  """Evaluates the conversion and writes report.json, report.md and the plots into workdir."""
+  workdir = Path(workdir)
+  report = evaluate_conversion(config, model, variables, split)
+  report['config'] = {'arch': config.arch, 'levels': config.levels, 'dataset': config.dataset,
+                      'rhos': list(config.conversion.rhos), 'chunk': config.conversion.chunk}
+  title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, QCFS and COS'
+  markdown = to_markdown(report, title)
+  (workdir / 'report.json').write_text(json.dumps(report, indent=1))
+  (workdir / 'report.md').write_text(markdown)
+  plot(report, workdir / 'report')
+  print(markdown, flush=True)
+  return report
+
+
+def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
+                       torch_checkpoint: str | None = None) -> dict:
+  """convert.py: the report of a run's checkpoint, or of an imported PyTorch checkpoint."""
+  from cos_jax import torch_import, training  # pylint: disable=g-import-not-at-top
+  workdir = Path(workdir).expanduser()
+  if config is None:
+    config_path = workdir / 'config.json'
+    if not config_path.is_file():
+      raise FileNotFoundError(f'{config_path} not found: pass --config=configs/<name>.py.')
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  if torch_checkpoint:
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, variables = torch_import.load_torch_checkpoint(
+        torch_checkpoint, arch=config.arch, num_classes=config.num_classes, L=config.levels,
+        imagenet=config.get('imagenet', False))
+  else:
+    model, variables = training.restore_variables(config, workdir)
+  return run(config, workdir, model, variables, data.load(config).test)

@@ -1,0 +1,303 @@
+"""Conversion of a QCFS network into an IF spiking network, its simulation, and COS calibration.
+
+A simulation runs in chunks of time steps. Inside a chunk every layer handles all of the chunk's
+steps at once (the convolutions see [steps * B] inputs, which keeps the matrix products large),
+and each activation layer runs its IF neurons over the chunk with `lax.scan`. Between chunks only
+the membrane potentials are carried, so memory grows with the chunk length, never with T.
+
+COS needs, for each layer, the first rho input currents produced by the calibrated layers below
+it: that is exactly one chunk of rho steps in which each activation layer calibrates before it
+fires (SPEC section 4). The steps after it continue from the carried potentials, so calibrating
+and simulating T steps costs max(T, rho) steps of synaptic work, not rho + T.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct, traverse_util
+
+from cos_jax import checks, neuron
+from cos_jax.layers import Spiking
+
+DEFAULT_CHUNK = 8
+"""Time steps per chunk: memory is proportional to it, and bigger chunks amortise per-chunk work."""
+
+OFFSET_SPIKE_BINS = (-3, -2, -1, 0, 1, 2, 3)
+"""Offset-spike histogram bins; the outer two hold psi <= -3 and psi >= 3."""
+
+
+@struct.dataclass
+class SNN:
+  """A converted network: the QCFS model (static) and its `params` and `batch_stats`."""
+  model: nn.Module = struct.field(pytree_node=False)
+  variables: dict[str, Any]
+
+
+@struct.dataclass
+class Shifts:
+  """Calibrated initial-potential shifts, in threshold units, one [B, *S] array per IF layer.
+
+  `rho` and `rounds` record how they were found; a simulation from them starts with a chunk of
+  rho steps, the same shape as the calibration's, so it reproduces the fused run bit for bit.
+  """
+  values: dict[str, Any]
+  rho: int = struct.field(pytree_node=False)
+  rounds: int = struct.field(pytree_node=False)
+
+  @property
+  def batch_size(self) -> int:
+    return jax.tree.leaves(self.values)[0].shape[0]
+
+
+def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
+  """Turns a trained QCFS model and its variables into an SNN of IF neurons.
+
+  Args:
+    model: a cos_jax QCFS model (`create_model`, `load_torch_checkpoint`).
+    variables: its `params` and `batch_stats`.
+
+  Returns:
+    The SNN: every QCFS layer becomes IF neurons with threshold theta = lambda, starting at
+    theta / 2 and reset by subtraction; BatchNorm uses its running statistics.
+  """
+  if not hasattr(model, 'spiking') or not hasattr(model, 'input_shape'):
+    raise TypeError(f'convert needs a cos_jax QCFS model, got {type(model).__name__}.')
+  if model.spiking is not None:
+    raise ValueError('convert needs the ANN model (spiking=None); this one is already converted.')
+  for collection in ('params', 'batch_stats'):
+    if collection not in variables:
+      raise ValueError(f'variables lack the {collection!r} collection; pass the full variables '
+                       'returned by model.init or the training state.')
+  expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                            jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32))
+  checks.check_same_tree(variables['params'], expected['params'], 'params')
+  checks.check_same_tree(variables['batch_stats'], expected['batch_stats'], 'batch_stats')
+  thresholds = [t for path, t in traverse_util.flatten_dict(variables['params']).items()
+                if path[-1] == 'threshold']
+  if not all(bool(t > 0) for t in thresholds):
+    raise ValueError('every QCFS threshold (lambda) must be > 0 to become an IF threshold.')
+  return SNN(model=model, variables={'params': variables['params'],
+                                     'batch_stats': variables['batch_stats']})
+
+
+def _nonzero_input_counter(counted_steps: int):
+  """An interceptor that sums, per Conv and Dense layer, the non-zero inputs of counted steps.
+
+  These are the synaptic events: each non-zero input (a spike times theta, or a pooled one)
+  drives the layer's synapses once. An input with a time axis of 1 is the same at every step.
+  """
+
+  def count(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense))
+        and module.is_mutable_collection('spike_stats')):
+      x = args[0]
+      nonzero = (x[:counted_steps] != 0).sum(dtype=jnp.float32)
+      if x.shape[0] == 1:
+        nonzero = nonzero * counted_steps
+      module.sow('spike_stats', 'nonzero_inputs', nonzero,
+                 init_fn=lambda: jnp.zeros((), jnp.float32), reduce_fn=jnp.add)
+    return next_fun(*args, **kwargs)
+
+  return count
+
+
+def _apply_chunk(snn: SNN, images: jax.Array, state: dict, spiking: Spiking):
+  """Runs one chunk; `state` holds the collections carried in and out (membrane, stats)."""
+  mutable = {*state, 'membrane'} | ({'shifts'} if spiking.calibration_rounds else set())
+  with nn.intercept_methods(_nonzero_input_counter(spiking.counted_steps)):
+    logits, updated = snn.model.clone(spiking=spiking).apply(
+        {**snn.variables, **state}, images[None], train=False, mutable=sorted(mutable))
+  return logits, dict(updated)
+
+
+def _potentials_from_shifts(shifts: dict) -> dict:
+  flat = traverse_util.flatten_dict(shifts)
+  return traverse_util.unflatten_dict(
+      {path[:-1] + ('potential',): neuron.INITIAL_POTENTIAL + shift
+       for path, shift in flat.items()})
+
+
+def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: int, chunk: int,
+         shift_values: dict | None, record_stats: bool):
+  """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds."""
+  state = {}
+  if shift_values is not None:
+    state['membrane'] = _potentials_from_shifts(shift_values)
+  if record_stats:
+    state['spike_stats'] = {}
+  spiking = Spiking(first_chunk, rounds, counted_steps=min(steps, first_chunk) * record_stats)
+  logits, state = _apply_chunk(snn, images, state, spiking)
+  shifts = state.pop('shifts') if rounds else None
+  outputs = [logits]
+  remaining = steps - first_chunk
+  full_chunks, last_chunk = divmod(max(remaining, 0), chunk)
+  if full_chunks:
+    body = Spiking(chunk, counted_steps=chunk * record_stats)
+    state, chunk_logits = jax.lax.scan(
+        lambda carried, _: _apply_chunk(snn, images, carried, body)[::-1], state, None,
+        length=full_chunks)
+    outputs.append(chunk_logits.reshape((-1,) + chunk_logits.shape[2:]))
+  if last_chunk:
+    logits, state = _apply_chunk(snn, images, state,
+                                 Spiking(last_chunk, counted_steps=last_chunk * record_stats))
+    outputs.append(logits)
+  return jnp.concatenate(outputs)[:steps], shifts, state.get('spike_stats')
+
+
+def _layer_name(path: tuple[str, ...]) -> str:
+  return '/'.join(path[:-1])
+
+
+def _summarise(spike_stats: dict, steps: int) -> dict[str, dict[str, jax.Array]]:
+  """Per IF layer, the offset-spike histogram over OFFSET_SPIKE_BINS and the total spikes; per
+  Conv and Dense layer, the total non-zero inputs."""
+  flat = traverse_util.flatten_dict(spike_stats)
+  summary = {}
+  for path, spike_count in flat.items():
+    if path[-1] == 'nonzero_inputs':
+      summary[_layer_name(path)] = {'nonzero_inputs': spike_count}
+    if path[-1] != 'spike_count':
+      continue
+    input_total = flat[path[:-1] + ('input_total',)]
+    psi = spike_count - neuron.desired_count(input_total, steps)
+    psi = jnp.clip(psi, OFFSET_SPIKE_BINS[0], OFFSET_SPIKE_BINS[-1]).astype(jnp.int32)
+    histogram = jnp.stack([(psi == b).sum() for b in OFFSET_SPIKE_BINS])
+    summary[_layer_name(path)] = {'psi_histogram': histogram, 'spikes': spike_count.sum()}
+  return summary
+
+
+@functools.partial(jax.jit, static_argnames=('steps', 'first_chunk', 'rounds', 'chunk',
+                                             'record_stats'))
+def _simulate_jit(snn, images, shift_values, *, steps, first_chunk, rounds, chunk, record_stats):
+  logits, shifts, spike_stats = _run(snn, images, steps=steps, first_chunk=first_chunk,
+                                     rounds=rounds, chunk=chunk, shift_values=shift_values,
+                                     record_stats=record_stats)
+  summary = _summarise(spike_stats, steps) if record_stats else None
+  return logits, shifts, summary
+
+
+def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
+  if not isinstance(shifts, Shifts):
+    raise TypeError('shifts must be the Shifts returned by calibrate, got '
+                    f'{type(shifts).__name__}.')
+  if shifts.batch_size != images.shape[0]:
+    raise ValueError(f'shifts were calibrated on a batch of {shifts.batch_size} images, but '
+                     f'{images.shape[0]} images were given: COS shifts are per sample, calibrate '
+                     'on the same images you simulate.')
+  expected = jax.eval_shape(
+      lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=1, chunk=1, shift_values=None,
+                     record_stats=False)[1], images)
+  checks.check_same_tree(shifts.values, expected, 'shifts')
+
+
+def _validated(snn: SNN, images, T: int, chunk: int, rho: int = 1, rounds: int = 1):
+  if not isinstance(snn, SNN):
+    raise TypeError(f'expected the SNN returned by cos_jax.convert, got {type(snn).__name__}.')
+  checks.check_images(images, snn.model.input_shape)
+  checks.check_positive_int('T', T)
+  checks.check_positive_int('chunk', chunk)
+  checks.check_positive_int('rho', rho, minimum=0)
+  checks.check_positive_int('rounds', rounds)
+  return jnp.asarray(images, jnp.float32)
+
+
+def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
+             chunk: int = DEFAULT_CHUNK) -> jax.Array:
+  """Simulates the SNN for T steps on analog images presented at every step.
+
+  Args:
+    snn: the network from `convert`.
+    images: [B, H, W, C] normalised images.
+    T: the number of time steps (>= 1).
+    shifts: initial-potential shifts from `calibrate` on the same images, or None for the plain
+      QCFS conversion (every neuron starts at theta / 2).
+    chunk: time steps per chunk; memory grows with it, not with T.
+
+  Returns:
+    [T, B, num_classes] logits y(t) of each step (not summed): the prediction after t steps is
+    the argmax of `logits[:t].sum(0)`.
+  """
+  images = _validated(snn, images, T, chunk)
+  if shifts is None:
+    return _simulate_jit(snn, images, None, steps=T, first_chunk=min(T, chunk), rounds=0,
+                         chunk=chunk, record_stats=False)[0]
+  _check_shifts(snn, images, shifts)
+  return _simulate_jit(snn, images, shifts.values, steps=T, first_chunk=shifts.rho, rounds=0,
+                       chunk=chunk, record_stats=False)[0]
+
+
+def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
+  """COS: calibrates every IF neuron's initial potential on the first rho steps (SPEC section 4).
+
+  Args:
+    snn: the network from `convert`.
+    images: [B, H, W, C] normalised images; the shifts are per sample, for these images.
+    rho: the pre-simulation length (>= 1).
+    rounds: rounds of the COS rule (1 is the published method).
+
+  Returns:
+    The per-sample, per-neuron shifts in threshold units (add 1/2 for the initial potential).
+  """
+  images = _validated(snn, images, 1, 1, rho, rounds)
+  checks.check_positive_int('rho', rho)
+  shifts = _simulate_jit(snn, images, None, steps=rho, first_chunk=rho, rounds=rounds,
+                         chunk=rho, record_stats=False)[1]
+  return Shifts(values=shifts, rho=rho, rounds=rounds)
+
+
+def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 1,
+                           chunk: int = DEFAULT_CHUNK, statistics: bool = False):
+  """The fused run: calibrate on rho steps and simulate T steps, reusing the rho steps.
+
+  `rho=0` runs the plain QCFS conversion. Gives the same logits as `calibrate` followed by
+  `simulate` at max(T, rho) steps of synaptic work instead of rho + T.
+
+  Returns:
+    `(logits, shifts, statistics)`: logits as `simulate`; shifts (None when rho = 0); and, when
+    `statistics` is set, per IF layer the offset-spike histogram over OFFSET_SPIKE_BINS
+    (`psi_histogram`, summed over the batch and the neurons) and the number of spikes
+    (`spikes`) over the T steps, and per Conv and Dense layer the number of non-zero inputs
+    (`nonzero_inputs`, the synaptic events) over the T steps; else None.
+  """
+  images = _validated(snn, images, T, chunk, rho, rounds)
+  first_chunk = rho if rho else min(T, chunk)
+  logits, shifts, summary = _simulate_jit(
+      snn, images, None, steps=T, first_chunk=first_chunk, rounds=rounds if rho else 0,
+      chunk=chunk, record_stats=statistics)
+  return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary
+
+
+def neuron_counts(snn: SNN) -> dict[str, int]:
+  """The number of IF neurons per layer of one sample, keyed like the statistics."""
+  images = jax.ShapeDtypeStruct((1,) + tuple(snn.model.input_shape), jnp.float32)
+  shapes = jax.eval_shape(lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=0, chunk=1,
+                                         shift_values=None, record_stats=True)[2], images)
+  return {_layer_name(path): int(np.prod(leaf.shape))
+          for path, leaf in traverse_util.flatten_dict(shapes).items()
+          if path[-1] == 'spike_count'}
+
+
+def linear_layer_costs(model: nn.Module) -> dict[str, dict[str, int]]:
+  """Per Conv and Dense layer of the ANN, in call order: multiply-accumulates and input size
+  of one image (`macs`, `inputs`), keyed like the statistics."""
+  costs = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense)):
+      fan_in = int(np.prod(module.kernel_size)) * args[0].shape[-1] if isinstance(
+          module, nn.Conv) else args[0].shape[-1]
+      costs['/'.join(module.path)] = {'macs': int(np.prod(out.shape[1:])) * fan_in,
+                                      'inputs': int(np.prod(args[0].shape[1:]))}
+    return out
+
+  images = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+  return costs

@@ -1,0 +1,212 @@
+"""Import of the reference PyTorch code's checkpoints (state_dict names in SPEC section 6).
+
+`load_torch_checkpoint` reads a state_dict saved as `.pth` (needs torch, the `torch` extra) or
+as `.npz` (numpy arrays under the same key names; no torch needed) and returns a cos_jax model
+with its variables. `export_state_dict` is the inverse, for round trips and for going back.
+Layouts: PyTorch convs are OIHW (Flax HWIO), dense weights (out, in) (Flax (in, out)), and
+PyTorch flattens feature maps as (C, H, W) where Flax flattens (H, W, C).
+"""
+
+import functools
+import re
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from cos_jax import models
+
+# Flax leaf name -> PyTorch leaf name, per layer kind.
+_LEAF_NAMES = {
+    'Conv': {'kernel': 'weight', 'bias': 'bias'},
+    'Dense': {'kernel': 'weight', 'bias': 'bias'},
+    'BatchNorm': {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'},
+    'Activation': {'threshold': 'up'},
+}
+_BLOCK_PARTS = {'conv1': 'residual_function.0', 'bn1': 'residual_function.1',
+                'act1': 'residual_function.2', 'conv2': 'residual_function.3',
+                'bn2': 'residual_function.4', 'shortcut_conv': 'shortcut.0',
+                'shortcut_bn': 'shortcut.1', 'act_out': 'relu'}
+_RESNET_STEM = {'stem_conv': 'conv1.0', 'stem_bn': 'conv1.1', 'stem_act': 'conv1.2', 'head': 'fc'}
+_VGG_CLASSIFIER = {'fc1': 'classifier.1', 'act_fc1': 'classifier.2', 'fc2': 'classifier.4',
+                   'act_fc2': 'classifier.5', 'head': 'classifier.7'}
+_VGG_OFFSETS = {'conv': 0, 'bn': 1, 'act': 2}
+
+
+def _torch_prefix(model: nn.Module, path: tuple[str, ...]) -> str:
+  """The PyTorch module name of the Flax layer at `path`."""
+  if isinstance(model, models.VGG):
+    if path[0] in _VGG_CLASSIFIER:
+      return _VGG_CLASSIFIER[path[0]]
+    kind, stage, index = re.fullmatch(r'(conv|bn|act)(\d+)_(\d+)', path[0]).groups()
+    return f'layer{stage}.{4 * int(index) + _VGG_OFFSETS[kind]}'
+  if path[0] in _RESNET_STEM:
+    return _RESNET_STEM[path[0]]
+  stage, block = re.fullmatch(r'stage(\d+)_block(\d+)', path[0]).groups()
+  return f'conv{int(stage) + 1}_x.{block}.{_BLOCK_PARTS[path[1]]}'
+
+
+def _layer_kinds(model: nn.Module) -> dict[tuple[str, ...], str]:
+  """Flax module path -> layer kind ('Conv', 'Dense', 'BatchNorm', 'Activation')."""
+  kinds = {}
+
+  def record(next_fun, args, kwargs, context):
+    kind = type(context.module).__name__
+    if kind in _LEAF_NAMES:
+      kinds[tuple(context.module.path)] = kind
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    _abstract_variables(model)
+  return kinds
+
+
+def _abstract_variables(model: nn.Module) -> dict:
+  images = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+
+
+def _flatten_order(model: nn.Module, path: tuple[str, ...], in_features: int):
+  """(H, W, C) of the feature map a VGG classifier's first dense layer flattens, else None."""
+  if isinstance(model, models.VGG) and path == ('fc1',):
+    channels = model.stages[-1][-1]
+    side = int(round((in_features // channels) ** 0.5))
+    if side > 1:
+      return side, side, channels
+  return None
+
+
+def _to_torch(model, kind, path, leaf, value: np.ndarray) -> np.ndarray:
+  value = np.asarray(value)
+  if leaf == 'threshold':
+    return value.reshape(1)
+  if kind == 'Conv' and leaf == 'kernel':
+    return value.transpose(3, 2, 0, 1)
+  if kind == 'Dense' and leaf == 'kernel':
+    hwc = _flatten_order(model, path, value.shape[0])
+    if hwc is not None:  # rows (h, w, c) -> columns (c, h, w)
+      value = value.reshape(hwc + (-1,)).transpose(2, 0, 1, 3).reshape(value.shape)
+    return value.T
+  return value
+
+
+def _from_torch(model, kind, path, leaf, value: np.ndarray, shape) -> np.ndarray:
+  value = np.asarray(value, np.float32)
+  if leaf == 'threshold':
+    return value.reshape(())
+  if kind == 'Conv' and leaf == 'kernel':
+    return value.transpose(2, 3, 1, 0)
+  if kind == 'Dense' and leaf == 'kernel':
+    value = value.T
+    hwc = _flatten_order(model, path, shape[0])
+    if hwc is not None:  # rows (c, h, w) -> (h, w, c)
+      c, h, w = hwc[2], hwc[0], hwc[1]
+      value = value.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(shape)
+    return value
+  return value
+
+
+def _expected_keys(model: nn.Module):
+  """Yields (torch key, collection, flax path, leaf, kind, flax shape) of every model leaf."""
+  kinds = _layer_kinds(model)
+  for collection, tree in _abstract_variables(model).items():
+    for full_path, leaf_value in traverse_util.flatten_dict(tree).items():
+      path, leaf = full_path[:-1], full_path[-1]
+      kind = kinds[path]
+      key = f'{_torch_prefix(model, path)}.{_LEAF_NAMES[kind][leaf]}'
+      yield key, collection, path, leaf, kind, leaf_value.shape
+
+
+def _torch_shape(kind: str, leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if leaf == 'threshold':
+    return (1,)
+  if kind == 'Conv' and leaf == 'kernel':
+    return (shape[3], shape[2], shape[0], shape[1])
+  if kind == 'Dense' and leaf == 'kernel':
+    return (shape[1], shape[0])
+  return tuple(shape)
+
+
+def _batch_norm_counters(model: nn.Module) -> list[str]:
+  return [f'{_torch_prefix(model, path)}.num_batches_tracked'
+          for path, kind in _layer_kinds(model).items() if kind == 'BatchNorm']
+
+
+def export_state_dict(model: nn.Module, variables: dict) -> dict[str, np.ndarray]:
+  """The PyTorch state_dict (numpy arrays, PyTorch names and layouts) of a cos_jax model."""
+  state_dict = {}
+  for key, collection, path, leaf, kind, _ in _expected_keys(model):
+    value = traverse_util.flatten_dict(variables[collection])[path + (leaf,)]
+    state_dict[key] = _to_torch(model, kind, path, leaf, value)
+  for key in _batch_norm_counters(model):
+    state_dict[key] = np.zeros((), np.int64)
+  return state_dict
+
+
+def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
+  if not path.is_file():
+    raise FileNotFoundError(f'No checkpoint file at {path}.')
+  if path.suffix == '.npz':
+    with np.load(path) as arrays:
+      return {key: arrays[key] for key in arrays.files}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    raise ImportError(f'Reading {path.name} needs PyTorch: pip install "cos_jax[torch]", or save '
+                      'the state_dict as .npz: np.savez(path, **{k: v.numpy() for k, v in '
+                      'state_dict.items()}).') from error
+  loaded = torch.load(path, map_location='cpu', weights_only=True)
+  for wrapper in ('state_dict', 'model', 'net'):
+    if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+      loaded = loaded[wrapper]
+  return {key: value.numpy() for key, value in loaded.items()}
+
+
+def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray]) -> dict:
+  """Checks a reference state_dict against the model and converts it to Flax variables."""
+  state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}
+  expected = list(_expected_keys(model))
+  known = {key for key, *_ in expected} | set(_batch_norm_counters(model))
+  problems = [f'missing {key} (expected shape {_torch_shape(kind, leaf, shape)})'
+              for key, _, _, leaf, kind, shape in expected if key not in state_dict]
+  problems += [f'unexpected {key}' for key in state_dict if key not in known]
+  problems += [
+      f'{key} has shape {tuple(np.shape(state_dict[key]))}, expected '
+      f'{_torch_shape(kind, leaf, shape)}'
+      for key, _, _, leaf, kind, shape in expected
+      if key in state_dict and tuple(np.shape(state_dict[key])) != _torch_shape(kind, leaf, shape)]
+  if problems:
+    shown = '; '.join(problems[:20]) + (f' (and {len(problems) - 20} more)'
+                                        if len(problems) > 20 else '')
+    raise ValueError(f'The state_dict does not fit {type(model).__name__} '
+                     f'(num_classes={model.num_classes}): {shown}.')
+  flat = {}
+  for key, collection, path, leaf, kind, shape in expected:
+    flat[(collection,) + path + (leaf,)] = jnp.asarray(
+        _from_torch(model, kind, path, leaf, state_dict[key], shape))
+  return traverse_util.unflatten_dict(flat)
+
+
+def load_torch_checkpoint(path, arch: str, num_classes: int, L: int, *, imagenet: bool = False,
+                          **model_overrides) -> tuple[nn.Module, dict]:
+  """Loads a checkpoint of the reference PyTorch code as a cos_jax model and its variables.
+
+  Args:
+    path: a `.pth` state_dict (needs torch) or a `.npz` of the same arrays under the same names.
+    arch: 'vgg16', 'resnet18', 'resnet20' or 'resnet34'.
+    num_classes: the number of classes the checkpoint was trained for.
+    L: the QCFS quantization levels it was trained with.
+    imagenet: the ImageNet variant of the architecture.
+    **model_overrides: further model fields (e.g. `input_shape`).
+
+  Returns:
+    `(model, variables)`, with `model.apply(variables, images, train=False)` the QCFS ANN.
+  """
+  if arch == 'tiny':
+    raise ValueError("arch 'tiny' has no PyTorch reference; choose vgg16 or resnet18/20/34.")
+  model = models.create_model(arch, num_classes=num_classes, levels=L, imagenet=imagenet,
+                              **model_overrides)
+  return model, state_dict_to_variables(model, _read_state_dict(Path(path).expanduser()))

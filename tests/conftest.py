@@ -1,0 +1,39 @@
+"""Shared test networks: built once per session so their compiled functions are shared too."""
+
+import dataclasses
+
+import pytest
+
+import cos_jax
+from tests import reference
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+  model: object
+  variables: dict
+  network: object  # the NumPy reference forward
+  kwargs: dict
+
+  @property
+  def snn(self):
+    return cos_jax.convert(self.model, self.variables)
+
+
+@pytest.fixture(scope='session')
+def tiny_net():
+  model = cos_jax.create_model('tiny', num_classes=5, levels=4)
+  return Net(model, reference.dyadic_variables(model, 1), reference.tiny_net, {})
+
+
+@pytest.fixture(scope='session')
+def tiny_resnet():
+  model = cos_jax.models.ResNet(num_classes=3, levels=2, stage_sizes=(1, 1), widths=(4, 8),
+                                strides=(1, 2), stem_width=4, input_shape=(8, 8, 2))
+  return Net(model, reference.dyadic_variables(model, 2), reference.tiny_resnet,
+             {'model': model})
+
+
+@pytest.fixture(scope='session', params=['tiny_net', 'tiny_resnet'])
+def net(request):
+  return request.getfixturevalue(request.param)
