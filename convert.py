@@ -12,7 +12,7 @@ overrides) to change the conversion settings.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cos_jax import conversion_report
+from cos_jax import training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (default: <workdir>/config.json).',
@@ -27,7 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
-  conversion_report.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
+  training.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
 
 
 if __name__ == '__main__':

@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.conversion = ml_collections.ConfigDict()
   config.conversion.enabled = True
   config.conversion.max_T = 32  # accuracy at every T = 1..max_T
+  config.conversion.statistics_T = 4  # offset spikes, firing rates and synaptic ops over T steps
   config.conversion.rhos = (4,)  # COS pre-simulation lengths
   config.conversion.rounds = 1  # COS rounds k
   config.conversion.batch_size = 100

@@ -14,9 +14,11 @@ from cos_jax.snn import (
                          neuron_counts,
                          simulate,
 )
+from cos_jax.torch_import import export_state_dict, load_torch_checkpoint
 
 __all__ = [
     'ARCHITECTURES', 'Activation', 'DEFAULT_CHUNK', 'OFFSET_SPIKE_BINS', 'SNN', 'Shifts',
     'Spiking', 'calibrate', 'calibrate_and_simulate', 'convert', 'create_model',
-    'init_variables', 'neuron_counts', 'qcfs', 'simulate',
+    'export_state_dict', 'init_variables', 'load_torch_checkpoint', 'neuron_counts', 'qcfs',
+    'simulate',
 ]

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
-from cos_jax import data
+from cos_jax import data, parallel
 from cos_jax import snn as snn_lib
 
 ENERGY_MAC_PJ = 4.6
@@ -45,9 +44,11 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   """Runs the ANN and every SNN method over the split and returns the raw report dict."""
   conversion = config.conversion
   max_T = conversion.max_T
+  statistics_T = conversion.statistics_T
   n = len(split) if conversion.num_examples < 0 else min(conversion.num_examples, len(split))
   split = data.Split(split.images[:n], split.labels[:n])
   network = snn_lib.convert(model, variables)
+  mesh = parallel.data_mesh()
   methods = _methods(conversion)
   correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
   layer_stats = {name: {} for name, _ in methods}
@@ -58,11 +59,13 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
     images = data.normalise(split.images[start:start + conversion.batch_size], config.mean,
                             config.std)
     labels = split.labels[start:start + conversion.batch_size]
+    if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
+      (images,) = parallel.shard_batch(mesh, images)
     ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
     for name, rho in methods:
       logits, _, stats = snn_lib.calibrate_and_simulate(
           network, images, max_T, rho=rho, rounds=conversion.rounds, chunk=conversion.chunk,
-          statistics=True)
+          statistics_T=statistics_T)
       predictions = np.asarray(logits.cumsum(0).argmax(-1))  # [T, B]
       correct[name] += (predictions == labels[None]).sum(1)
       for layer, values in jax.device_get(stats).items():
@@ -76,7 +79,7 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   first_linear = next(iter(costs))
   ann_macs = sum(c['macs'] for c in costs.values())
   report = {
-      'examples': n, 'max_T': max_T, 'rounds': conversion.rounds,
+      'examples': n, 'max_T': max_T, 'statistics_T': statistics_T, 'rounds': conversion.rounds,
       'ann_accuracy': ann_correct / n,
       'energy_constants_pj': {'mac': ENERGY_MAC_PJ, 'ac': ENERGY_AC_PJ},
       'ann_macs_per_image': ann_macs,
@@ -92,7 +95,7 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
         histogram = totals['psi_histogram']
         per_layer.setdefault(layer, {}).update(
             offset_spike_shares=(histogram / histogram.sum()).tolist(),
-            firing_rate=float(totals['spikes'] / (neurons[layer] * n * max_T)))
+            firing_rate=float(totals['spikes'] / (neurons[layer] * n * statistics_T)))
       else:
         layer_synops = (costs[layer]['macs'] * totals['nonzero_inputs']
                         / (costs[layer]['inputs'] * n)) if layer != first_linear else 0.0
@@ -126,7 +129,7 @@ def to_markdown(report: dict, title: str) -> str:
                  + ' | '.join(f'{100 * accuracy[t - 1]:.2f}' for t in ts) + ' |')
   bins = report['offset_spike_bins']
   labels = [f'psi<={bins[0]}'] + [f'psi={b:+d}' for b in bins[1:-1]] + [f'psi>=+{bins[-1]}']
-  lines += ['', f'## Offset spikes per layer over T = {report["max_T"]} steps '
+  lines += ['', f'## Offset spikes per layer over T = {report["statistics_T"]} steps '
             '(share of neurons, %)',
             '', '| method | layer | ' + ' | '.join(labels) + ' | firing rate |',
             '|---|---|' + '---|' * (len(labels) + 1)]
@@ -135,7 +138,8 @@ def to_markdown(report: dict, title: str) -> str:
       if 'offset_spike_shares' in values:
         shares = ' | '.join(f'{100 * s:.2f}' for s in values['offset_spike_shares'])
         lines.append(f'| {name} | {layer} | {shares} | {values["firing_rate"]:.4f} |')
-  lines += ['', f'## Synaptic operations and energy per image over T = {report["max_T"]} steps', '',
+  lines += ['', '## Synaptic operations and energy per image over T = '
+            f'{report["statistics_T"]} steps', '',
             f'Energy: {report["energy_constants_pj"]["mac"]} pJ per MAC, '
             f'{report["energy_constants_pj"]["ac"]} pJ per accumulate (45 nm); the SNN pays MACs '
             'only in its first (analog-input) layer, once.', '',
@@ -180,6 +184,7 @@ def plot(report: dict, path_prefix: Path) -> list[Path]:
   ax.set_yscale('log')
   ax.set_xlabel('offset spike psi (actual - desired spikes)')
   ax.set_ylabel('share of neurons, mean over layers (%)')
+  ax.set_title(f'offset spikes over T = {report["statistics_T"]} steps')
   ax.legend()
   histogram_path = path_prefix.with_name(path_prefix.name + '_offset_spikes.png')
   fig.tight_layout()
@@ -202,22 +207,3 @@ def run(config, workdir, model, variables, split: data.Split, title: str | None 
   print(markdown, flush=True)
   return report
 
-
-def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
-                       torch_checkpoint: str | None = None) -> dict:
-  """convert.py: the report of a run's checkpoint, or of an imported PyTorch checkpoint."""
-  from cos_jax import torch_import, training  # pylint: disable=g-import-not-at-top
-  workdir = Path(workdir).expanduser()
-  if config is None:
-    config_path = workdir / 'config.json'
-    if not config_path.is_file():
-      raise FileNotFoundError(f'{config_path} not found: pass --config=configs/<name>.py.')
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  if torch_checkpoint:
-    workdir.mkdir(parents=True, exist_ok=True)
-    model, variables = torch_import.load_torch_checkpoint(
-        torch_checkpoint, arch=config.arch, num_classes=config.num_classes, L=config.levels,
-        imagenet=config.get('imagenet', False))
-  else:
-    model, variables = training.restore_variables(config, workdir)
-  return run(config, workdir, model, variables, data.load(config).test)

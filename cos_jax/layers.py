@@ -32,11 +32,24 @@ class Spiking:
     calibration_rounds: 0 to start from the potentials in the `membrane` collection; k >= 1 to
       calibrate with k rounds of COS on this chunk's currents first (the chunk is then the rho
       pre-simulation steps), writing the shifts to the `shifts` collection.
-    counted_steps: how many of the chunk's leading steps count towards `spike_stats`.
+    statistics_steps: 0, or the number of steps, counted from the first step of the whole run,
+      whose spikes and currents are summed into the `spike_stats` collection (when mutable).
   """
   steps: int
   calibration_rounds: int = 0
-  counted_steps: int = 0
+  statistics_steps: int = 0
+
+
+def counted_steps_mask(module: nn.Module, steps: int, statistics_steps: int) -> jax.Array:
+  """A [steps] 0/1 mask of this chunk's steps that fall within the first `statistics_steps`.
+
+  The module keeps the number of steps it has seen in `spike_stats`, so the mask needs no
+  knowledge of where in the run the chunk lies.
+  """
+  elapsed = module.variable('spike_stats', 'elapsed_steps', jnp.zeros, (), jnp.int32)
+  mask = (elapsed.value + jnp.arange(steps)) < statistics_steps
+  elapsed.value += steps
+  return mask.astype(jnp.float32)
 
 
 class Activation(nn.Module):
@@ -61,10 +74,10 @@ class Activation(nn.Module):
       potential.value = neuron.INITIAL_POTENTIAL + shift
     potential.value, spikes = neuron.run_if(potential.value, currents)
 
-    counted = self.spiking.counted_steps
-    if counted and self.is_mutable_collection('spike_stats'):
+    if self.spiking.statistics_steps and self.is_mutable_collection('spike_stats'):
+      mask = counted_steps_mask(self, steps, self.spiking.statistics_steps)
       spike_count = self.variable('spike_stats', 'spike_count', jnp.zeros, neuron_shape, x.dtype)
       input_total = self.variable('spike_stats', 'input_total', jnp.zeros, neuron_shape, x.dtype)
-      spike_count.value += spikes[:counted].sum(0)
-      input_total.value += currents[:counted].sum(0)
+      spike_count.value += jnp.tensordot(mask, spikes, axes=1)
+      input_total.value += jnp.tensordot(mask, currents, axes=1)
     return spikes * threshold

@@ -21,7 +21,7 @@ import numpy as np
 from flax import struct, traverse_util
 
 from cos_jax import checks, neuron
-from cos_jax.layers import Spiking
+from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
 """Time steps per chunk: memory is proportional to it, and bigger chunks amortise per-chunk work."""
@@ -84,7 +84,7 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
                                      'batch_stats': variables['batch_stats']})
 
 
-def _nonzero_input_counter(counted_steps: int):
+def _nonzero_input_counter(spiking: Spiking):
   """An interceptor that sums, per Conv and Dense layer, the non-zero inputs of counted steps.
 
   These are the synaptic events: each non-zero input (a spike times theta, or a pooled one)
@@ -94,13 +94,13 @@ def _nonzero_input_counter(counted_steps: int):
   def count(next_fun, args, kwargs, context):
     module = context.module
     if (context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense))
-        and module.is_mutable_collection('spike_stats')):
+        and spiking.statistics_steps and module.is_mutable_collection('spike_stats')):
       x = args[0]
-      nonzero = (x[:counted_steps] != 0).sum(dtype=jnp.float32)
-      if x.shape[0] == 1:
-        nonzero = nonzero * counted_steps
-      module.sow('spike_stats', 'nonzero_inputs', nonzero,
-                 init_fn=lambda: jnp.zeros((), jnp.float32), reduce_fn=jnp.add)
+      mask = counted_steps_mask(module, spiking.steps, spiking.statistics_steps)
+      nonzero_per_step = (x != 0).reshape(x.shape[0], -1).sum(1, dtype=jnp.float32)
+      nonzero = jnp.sum(mask * nonzero_per_step)  # broadcasts a time axis of 1
+      total = module.variable('spike_stats', 'nonzero_inputs', jnp.zeros, (), jnp.float32)
+      total.value += nonzero
     return next_fun(*args, **kwargs)
 
   return count
@@ -109,7 +109,7 @@ def _nonzero_input_counter(counted_steps: int):
 def _apply_chunk(snn: SNN, images: jax.Array, state: dict, spiking: Spiking):
   """Runs one chunk; `state` holds the collections carried in and out (membrane, stats)."""
   mutable = {*state, 'membrane'} | ({'shifts'} if spiking.calibration_rounds else set())
-  with nn.intercept_methods(_nonzero_input_counter(spiking.counted_steps)):
+  with nn.intercept_methods(_nonzero_input_counter(spiking)):
     logits, updated = snn.model.clone(spiking=spiking).apply(
         {**snn.variables, **state}, images[None], train=False, mutable=sorted(mutable))
   return logits, dict(updated)
@@ -123,28 +123,29 @@ def _potentials_from_shifts(shifts: dict) -> dict:
 
 
 def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: int, chunk: int,
-         shift_values: dict | None, record_stats: bool):
-  """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds."""
+         shift_values: dict | None, statistics_steps: int):
+  """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds;
+  spikes, currents and non-zero inputs of the first `statistics_steps` steps are summed."""
   state = {}
   if shift_values is not None:
     state['membrane'] = _potentials_from_shifts(shift_values)
-  if record_stats:
+  if statistics_steps:
     state['spike_stats'] = {}
-  spiking = Spiking(first_chunk, rounds, counted_steps=min(steps, first_chunk) * record_stats)
+  spiking = Spiking(first_chunk, rounds, statistics_steps)
   logits, state = _apply_chunk(snn, images, state, spiking)
   shifts = state.pop('shifts') if rounds else None
   outputs = [logits]
   remaining = steps - first_chunk
   full_chunks, last_chunk = divmod(max(remaining, 0), chunk)
   if full_chunks:
-    body = Spiking(chunk, counted_steps=chunk * record_stats)
+    body = Spiking(chunk, statistics_steps=statistics_steps)
     state, chunk_logits = jax.lax.scan(
         lambda carried, _: _apply_chunk(snn, images, carried, body)[::-1], state, None,
         length=full_chunks)
     outputs.append(chunk_logits.reshape((-1,) + chunk_logits.shape[2:]))
   if last_chunk:
     logits, state = _apply_chunk(snn, images, state,
-                                 Spiking(last_chunk, counted_steps=last_chunk * record_stats))
+                                 Spiking(last_chunk, statistics_steps=statistics_steps))
     outputs.append(logits)
   return jnp.concatenate(outputs)[:steps], shifts, state.get('spike_stats')
 
@@ -172,12 +173,13 @@ def _summarise(spike_stats: dict, steps: int) -> dict[str, dict[str, jax.Array]]
 
 
 @functools.partial(jax.jit, static_argnames=('steps', 'first_chunk', 'rounds', 'chunk',
-                                             'record_stats'))
-def _simulate_jit(snn, images, shift_values, *, steps, first_chunk, rounds, chunk, record_stats):
+                                             'statistics_steps'))
+def _simulate_jit(snn, images, shift_values, *, steps, first_chunk, rounds, chunk,
+                  statistics_steps=0):
   logits, shifts, spike_stats = _run(snn, images, steps=steps, first_chunk=first_chunk,
                                      rounds=rounds, chunk=chunk, shift_values=shift_values,
-                                     record_stats=record_stats)
-  summary = _summarise(spike_stats, steps) if record_stats else None
+                                     statistics_steps=statistics_steps)
+  summary = _summarise(spike_stats, statistics_steps) if statistics_steps else None
   return logits, shifts, summary
 
 
@@ -191,7 +193,7 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
                      'on the same images you simulate.')
   expected = jax.eval_shape(
       lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=1, chunk=1, shift_values=None,
-                     record_stats=False)[1], images)
+                     statistics_steps=0)[1], images)
   checks.check_same_tree(shifts.values, expected, 'shifts')
 
 
@@ -225,10 +227,10 @@ def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
   images = _validated(snn, images, T, chunk)
   if shifts is None:
     return _simulate_jit(snn, images, None, steps=T, first_chunk=min(T, chunk), rounds=0,
-                         chunk=chunk, record_stats=False)[0]
+                         chunk=chunk, statistics_steps=0)[0]
   _check_shifts(snn, images, shifts)
   return _simulate_jit(snn, images, shifts.values, steps=T, first_chunk=shifts.rho, rounds=0,
-                       chunk=chunk, record_stats=False)[0]
+                       chunk=chunk, statistics_steps=0)[0]
 
 
 def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
@@ -246,12 +248,12 @@ def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
   images = _validated(snn, images, 1, 1, rho, rounds)
   checks.check_positive_int('rho', rho)
   shifts = _simulate_jit(snn, images, None, steps=rho, first_chunk=rho, rounds=rounds,
-                         chunk=rho, record_stats=False)[1]
+                         chunk=rho, statistics_steps=0)[1]
   return Shifts(values=shifts, rho=rho, rounds=rounds)
 
 
 def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 1,
-                           chunk: int = DEFAULT_CHUNK, statistics: bool = False):
+                           chunk: int = DEFAULT_CHUNK, statistics_T: int = 0):
   """The fused run: calibrate on rho steps and simulate T steps, reusing the rho steps.
 
   `rho=0` runs the plain QCFS conversion. Gives the same logits as `calibrate` followed by
@@ -259,16 +261,18 @@ def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 
 
   Returns:
     `(logits, shifts, statistics)`: logits as `simulate`; shifts (None when rho = 0); and, when
-    `statistics` is set, per IF layer the offset-spike histogram over OFFSET_SPIKE_BINS
-    (`psi_histogram`, summed over the batch and the neurons) and the number of spikes
-    (`spikes`) over the T steps, and per Conv and Dense layer the number of non-zero inputs
-    (`nonzero_inputs`, the synaptic events) over the T steps; else None.
+    `statistics_T` (1..T) is given, over the first statistics_T steps: per IF layer the
+    offset-spike histogram over OFFSET_SPIKE_BINS (`psi_histogram`, summed over the batch and
+    the neurons) and the number of spikes (`spikes`), and per Conv and Dense layer the number of
+    non-zero inputs (`nonzero_inputs`, the synaptic events); else None.
   """
   images = _validated(snn, images, T, chunk, rho, rounds)
+  if statistics_T and not 1 <= statistics_T <= T:
+    raise ValueError(f'statistics_T must be 0 (off) or between 1 and T={T}, got {statistics_T}.')
   first_chunk = rho if rho else min(T, chunk)
   logits, shifts, summary = _simulate_jit(
       snn, images, None, steps=T, first_chunk=first_chunk, rounds=rounds if rho else 0,
-      chunk=chunk, record_stats=statistics)
+      chunk=chunk, statistics_steps=statistics_T)
   return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary
 
 
@@ -276,7 +280,7 @@ def neuron_counts(snn: SNN) -> dict[str, int]:
   """The number of IF neurons per layer of one sample, keyed like the statistics."""
   images = jax.ShapeDtypeStruct((1,) + tuple(snn.model.input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=0, chunk=1,
-                                         shift_values=None, record_stats=True)[2], images)
+                                         shift_values=None, statistics_steps=1)[2], images)
   return {_layer_name(path): int(np.prod(leaf.shape))
           for path, leaf in traverse_util.flatten_dict(shapes).items()
           if path[-1] == 'spike_count'}

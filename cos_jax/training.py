@@ -21,9 +21,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
-from jax.sharding import NamedSharding, PartitionSpec
 
-from cos_jax import data, models
+from cos_jax import conversion_report, data, models, parallel, torch_import
 from cos_jax.augment import Augment
 
 
@@ -89,26 +88,15 @@ def eval_step(variables, images, labels, valid, *, apply_fn, mean, std):
   return ((logits.argmax(-1) == labels) & mask).sum()
 
 
-def data_mesh() -> jax.sharding.Mesh:
-  """A one-axis mesh over every device of every process, for data parallelism."""
-  return jax.make_mesh((jax.device_count(),), ('data',))
-
-
-def shard_batch(mesh, *arrays):
-  """Places host-local batch arrays on the mesh, split along the batch axis."""
-  sharding = NamedSharding(mesh, PartitionSpec('data'))
-  return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
-
-
 def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
   """Top-1 accuracy of the ANN on a split, data-parallel over the mesh."""
   batch_size = config.eval_batch_size
-  _check_divisible(batch_size, 'eval_batch_size')
+  parallel.check_divisible(batch_size, 'eval_batch_size')
   step = _jitted_eval_step(apply_fn, tuple(config.mean), tuple(config.std))
-  replicated = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+  replicated = parallel.replicate(variables, mesh)
   correct = 0
   for images, labels, valid in data.eval_batches(split, batch_size):
-    images, labels = shard_batch(mesh, images, labels)
+    images, labels = parallel.shard_batch(mesh, images, labels)
     correct += step(replicated, images, labels, valid)
   return float(correct) / len(split)
 
@@ -116,12 +104,6 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
 @functools.cache
 def _jitted_eval_step(apply_fn, mean, std):
   return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, mean=mean, std=std))
-
-
-def _check_divisible(batch_size: int, name: str) -> None:
-  if batch_size % jax.device_count():
-    raise ValueError(f'{name}={batch_size} must be divisible by the {jax.device_count()} devices '
-                     'it is split over.')
 
 
 class _MetricsLog:
@@ -180,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if dataset.num_classes != config.num_classes:
     raise ValueError(f'The data set has {dataset.num_classes} classes but the config says '
                      f'num_classes={config.num_classes}.')
-  _check_divisible(config.batch_size, 'batch_size')
+  parallel.check_divisible(config.batch_size, 'batch_size')
   steps_per_epoch = len(dataset.train) // config.batch_size
   total_steps = config.num_epochs * steps_per_epoch
   model = create_model(config)
@@ -199,8 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   metrics_log = _MetricsLog(workdir / 'metrics.jsonl', start_step)
 
-  mesh = data_mesh()
-  state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+  mesh = parallel.data_mesh()
+  state = parallel.replicate(state, mesh)
   step_fn = jax.jit(functools.partial(train_step, mean=tuple(config.mean), std=tuple(config.std)),
                     donate_argnums=0)
   dropout_key = jax.random.key(config.seed + 1)
@@ -210,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                augment=Augment.from_config(config))
   history, window_start = [], time.time()
   for step in range(start_step, total_steps):
-    images, labels = shard_batch(mesh, *next(batches))
+    images, labels = parallel.shard_batch(mesh, *next(batches))
     state, metrics = step_fn(state, images, labels, dropout_key)
     history.append((step + 1, metrics))
     done = step + 1
@@ -243,6 +225,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   print(f'final ANN test accuracy {accuracy:.4f}', flush=True)
   metrics_log.write(step=total_steps, final_test_accuracy=accuracy)
   if config.conversion.enabled:
-    from cos_jax import conversion_report  # pylint: disable=g-import-not-at-top
     conversion_report.run(config, workdir, model, jax.device_get(variables), dataset.test)
   return state
+
+
+def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
+                       torch_checkpoint: str | None = None) -> dict:
+  """convert.py: the report of a run's checkpoint, or of an imported PyTorch checkpoint."""
+  workdir = Path(workdir).expanduser()
+  if config is None:
+    config_path = workdir / 'config.json'
+    if not config_path.is_file():
+      raise FileNotFoundError(f'{config_path} not found: pass --config=configs/<name>.py.')
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  if torch_checkpoint:
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, variables = torch_import.load_torch_checkpoint(
+        torch_checkpoint, arch=config.arch, num_classes=config.num_classes, L=config.levels,
+        imagenet=config.get('imagenet', False))
+  else:
+    model, variables = restore_variables(config, workdir)
+  return conversion_report.run(config, workdir, model, variables, data.load(config).test)

@@ -84,8 +84,8 @@ def test_calibrate_then_simulate_equals_fused_run_on_random_weights(tiny_resnet)
 def test_statistics_offset_spikes_and_spike_counts(tiny_net):
   images = _images(tiny_net, seed=2)
   T = 5
-  logits, _, stats = cos_jax.calibrate_and_simulate(tiny_net.snn, images, T, rho=0,
-                                                    statistics=True)
+  logits, _, stats = cos_jax.calibrate_and_simulate(tiny_net.snn, images, 11, rho=0, chunk=3,
+                                                    statistics_T=T)
   counts = cos_jax.neuron_counts(tiny_net.snn)
   assert set(counts) == {'act1', 'act2', 'act_fc'}
   # Reference: per-neuron spike counts and total currents over T steps, layer act_fc.
@@ -118,6 +118,6 @@ def test_memory_state_is_per_layer_not_per_step(tiny_net):
   for T in (8, 64):
     compiled = jax.jit(lambda x, T=T: cos_jax.snn._run(
         tiny_net.snn, x, steps=T, first_chunk=8, rounds=0, chunk=8, shift_values=None,
-        record_stats=False)[0]).lower(jnp.asarray(images)).compile()
+        statistics_steps=0)[0]).lower(jnp.asarray(images)).compile()
     sizes.append(compiled.memory_analysis().temp_size_in_bytes)
   assert sizes[1] <= sizes[0] * 1.3 + 4096
