@@ -10,6 +10,8 @@ def get_config():
   config = digits.get_config()
   config.dataset = 'synthetic'
   config.data_source = 'synthetic'
+  config.num_classes = 4
+  config.learning_rate = 0.2
   config.synthetic_train_size = 256
   config.synthetic_test_size = 64
   config.batch_size = 32

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cos_jax.layers import Activation, Spiking
+from cos_jax.layers import Activation, Conv, Spiking
 
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
@@ -51,7 +51,7 @@ class VGG(nn.Module):
     for stage, widths in enumerate(self.stages, start=1):
       for index, width in enumerate(widths):
         name = f'{stage}_{index}'
-        x = nn.Conv(width, (3, 3), padding=1, name=f'conv{name}')(x)
+        x = Conv(width, (3, 3), padding=1, name=f'conv{name}')(x)
         x = act(name=f'act{name}')(norm(name=f'bn{name}')(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = _average_pool(x)
@@ -72,7 +72,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, self.width, use_bias=False)
+    conv = functools.partial(Conv, self.width, use_bias=False)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
     act = functools.partial(Activation, levels=self.levels, spiking=self.spiking)
@@ -100,9 +100,9 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if self.imagenet_stem:  # 7x7/2 conv; 2x2 average pooling stands in for the max pooling.
-      x = nn.Conv(self.stem_width, (7, 7), (2, 2), padding=3, use_bias=False, name='stem_conv')(x)
+      x = Conv(self.stem_width, (7, 7), (2, 2), padding=3, use_bias=False, name='stem_conv')(x)
     else:
-      x = nn.Conv(self.stem_width, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
+      x = Conv(self.stem_width, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      name='stem_bn')(x)
     x = Activation(self.levels, self.spiking, name='stem_act')(x)
@@ -129,7 +129,7 @@ class TinyNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     for index, width in enumerate(self.widths, start=1):
-      x = nn.Conv(width, (3, 3), padding=1, name=f'conv{index}')(x)
+      x = Conv(width, (3, 3), padding=1, name=f'conv{index}')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                        name=f'bn{index}')(x)
       x = _average_pool(Activation(self.levels, self.spiking, name=f'act{index}')(x))

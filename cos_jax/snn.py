@@ -84,26 +84,46 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
                                      'batch_stats': variables['batch_stats']})
 
 
+def _linear_layer_interceptor(on_call):
+  """A method interceptor calling `on_call(module, inputs, outputs)` once per Conv/Dense call.
+
+  Only the outermost call counts: cos_jax's `Conv` falls back on `nn.Conv.__call__`, which
+  would otherwise be seen twice.
+  """
+  active = set()
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name != '__call__' or not isinstance(module, (nn.Conv, nn.Dense))
+        or id(module) in active):
+      return next_fun(*args, **kwargs)
+    active.add(id(module))
+    try:
+      outputs = next_fun(*args, **kwargs)
+    finally:
+      active.discard(id(module))
+    on_call(module, args[0], outputs)
+    return outputs
+
+  return intercept
+
+
 def _nonzero_input_counter(spiking: Spiking):
-  """An interceptor that sums, per Conv and Dense layer, the non-zero inputs of counted steps.
+  """Sums, per Conv and Dense layer, the non-zero inputs of the counted steps.
 
   These are the synaptic events: each non-zero input (a spike times theta, or a pooled one)
   drives the layer's synapses once. An input with a time axis of 1 is the same at every step.
   """
 
-  def count(next_fun, args, kwargs, context):
-    module = context.module
-    if (context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense))
-        and spiking.statistics_steps and module.is_mutable_collection('spike_stats')):
-      x = args[0]
-      mask = counted_steps_mask(module, spiking.steps, spiking.statistics_steps)
-      nonzero_per_step = (x != 0).reshape(x.shape[0], -1).sum(1, dtype=jnp.float32)
-      nonzero = jnp.sum(mask * nonzero_per_step)  # broadcasts a time axis of 1
-      total = module.variable('spike_stats', 'nonzero_inputs', jnp.zeros, (), jnp.float32)
-      total.value += nonzero
-    return next_fun(*args, **kwargs)
+  def count(module, x, _):
+    if not spiking.statistics_steps or not module.is_mutable_collection('spike_stats'):
+      return
+    mask = counted_steps_mask(module, spiking.steps, spiking.statistics_steps)
+    nonzero_per_step = (x != 0).reshape(x.shape[0], -1).sum(1, dtype=jnp.float32)
+    total = module.variable('spike_stats', 'nonzero_inputs', jnp.zeros, (), jnp.float32)
+    total.value += jnp.sum(mask * nonzero_per_step)  # broadcasts a time axis of 1
 
-  return count
+  return _linear_layer_interceptor(count)
 
 
 def _apply_chunk(snn: SNN, images: jax.Array, state: dict, spiking: Spiking):
@@ -291,17 +311,14 @@ def linear_layer_costs(model: nn.Module) -> dict[str, dict[str, int]]:
   of one image (`macs`, `inputs`), keyed like the statistics."""
   costs = {}
 
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    module = context.module
-    if context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense)):
-      fan_in = int(np.prod(module.kernel_size)) * args[0].shape[-1] if isinstance(
-          module, nn.Conv) else args[0].shape[-1]
-      costs['/'.join(module.path)] = {'macs': int(np.prod(out.shape[1:])) * fan_in,
-                                      'inputs': int(np.prod(args[0].shape[1:]))}
-    return out
+  def record(module, inputs, outputs):
+    fan_in = inputs.shape[-1]
+    if isinstance(module, nn.Conv):
+      fan_in *= int(np.prod(module.kernel_size))
+    costs['/'.join(module.path)] = {'macs': int(np.prod(outputs.shape[1:])) * fan_in,
+                                    'inputs': int(np.prod(inputs.shape[1:]))}
 
   images = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32)
-  with nn.intercept_methods(record):
+  with nn.intercept_methods(_linear_layer_interceptor(record)):
     jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
   return costs

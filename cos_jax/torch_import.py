@@ -135,6 +135,14 @@ def _batch_norm_counters(model: nn.Module) -> list[str]:
           for path, kind in _layer_kinds(model).items() if kind == 'BatchNorm']
 
 
+def state_dict_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+  """The key names and shapes of the reference PyTorch state_dict that fits `model`."""
+  shapes = {key: _torch_shape(kind, leaf, shape)
+            for key, _, _, leaf, kind, shape in _expected_keys(model)}
+  shapes.update({key: () for key in _batch_norm_counters(model)})
+  return shapes
+
+
 def export_state_dict(model: nn.Module, variables: dict) -> dict[str, np.ndarray]:
   """The PyTorch state_dict (numpy arrays, PyTorch names and layouts) of a cos_jax model."""
   state_dict = {}

@@ -17,20 +17,30 @@ def _export(model, seed):
 
 def test_vgg16_and_resnet_key_names_match_the_reference():
   vgg = cos_jax.create_model('vgg16', num_classes=10, levels=4)
-  keys = set(torch_import.export_state_dict(vgg, cos_jax.init_variables(vgg, _key())))
+  shapes = torch_import.state_dict_shapes(vgg)
+  keys = set(shapes)
   assert len(keys) == 112  # SPEC section 6
+  assert shapes['layer1.0.weight'] == (64, 3, 3, 3)
+  assert shapes['classifier.1.weight'] == (4096, 512)
+  assert shapes['layer5.10.up'] == (1,)
   for key in ('layer1.0.weight', 'layer1.1.num_batches_tracked', 'layer1.2.up', 'layer1.4.bias',
               'layer3.8.weight', 'layer5.10.up', 'classifier.1.weight', 'classifier.2.up',
               'classifier.4.bias', 'classifier.5.up', 'classifier.7.weight'):
     assert key in keys, key
   resnet = cos_jax.create_model('resnet20', num_classes=10, levels=4)
-  keys = set(torch_import.export_state_dict(resnet, cos_jax.init_variables(resnet, _key())))
+  keys = set(torch_import.state_dict_shapes(resnet))
+  assert keys == set(torch_import.export_state_dict(resnet, cos_jax.init_variables(resnet, _key())))
   for key in ('conv1.0.weight', 'conv1.1.running_var', 'conv1.2.up',
               'conv2_x.0.residual_function.0.weight', 'conv2_x.2.residual_function.4.bias',
               'conv3_x.0.shortcut.0.weight', 'conv3_x.0.shortcut.1.running_mean',
               'conv4_x.2.relu.up', 'fc.weight', 'fc.bias'):
     assert key in keys, key
   assert not any(k.startswith('conv5_x') or k.startswith('conv2_x.0.shortcut') for k in keys)
+  imagenet_vgg = cos_jax.create_model('vgg16', num_classes=1000, levels=8, imagenet=True)
+  assert torch_import.state_dict_shapes(imagenet_vgg)['classifier.1.weight'] == (4096, 25088)
+  resnet34 = torch_import.state_dict_shapes(cos_jax.create_model('resnet34', num_classes=100,
+                                                                 levels=4))
+  assert sum(k.endswith('relu.up') for k in resnet34) == 16 and resnet34['fc.weight'] == (100, 512)
 
 
 def _key():

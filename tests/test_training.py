@@ -1,0 +1,234 @@
+"""train.py and convert.py end to end, resume after interruption, data sources, multi-device."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import test as test_config
+from cos_jax import augment, data, training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+  config = test_config.get_config()
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  state = training.train_and_evaluate(_config(), str(workdir))
+  return workdir, state
+
+
+def test_end_to_end_writes_checkpoint_metrics_and_report(finished_run):
+  workdir, state = finished_run
+  assert int(state.step) == 16  # 2 epochs of 256 // 32 steps
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['arch'] == 'tiny'
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if 'loss' in r] == [4, 8, 12, 16]
+  assert records[-1]['final_test_accuracy'] > 0.5  # synthetic classes are easy
+  report = json.loads((workdir / 'report.json').read_text())
+  assert set(report['methods']) == {'qcfs', 'cos_rho2'}
+  assert len(report['methods']['cos_rho2']['accuracy_by_T']) == 4
+  assert report['methods']['cos_rho2']['latency_by_T'] == [3, 4, 5, 6]
+  assert '| cos_rho2 | 2 |' in (workdir / 'report.md').read_text()
+  for name in ('report_accuracy.png', 'report_offset_spikes.png'):
+    assert (workdir / name).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_convert_py_rereads_the_workdir(finished_run):
+  workdir, _ = finished_run
+  before = json.loads((workdir / 'report.json').read_text())
+  after = training.convert_and_report(workdir)  # config from the workdir's config.json
+  assert after['methods']['qcfs']['accuracy_by_T'] == before['methods']['qcfs']['accuracy_by_T']
+  assert after['ann_accuracy'] == before['ann_accuracy']
+
+
+def test_resume_after_interruption_gives_the_same_parameters(finished_run, tmp_path,
+                                                            monkeypatch):
+  _, uninterrupted = finished_run
+  real_batches = data.train_batches
+
+  def interrupted_batches(*args, **kwargs):
+    for index, batch in enumerate(real_batches(*args, **kwargs)):
+      if kwargs['start_step'] == 0 and index == 7:  # checkpoint at 5, killed during step 8
+        raise KeyboardInterrupt
+      yield batch
+
+  monkeypatch.setattr(data, 'train_batches', interrupted_batches)
+  config = _config()
+  config.conversion.enabled = False
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(config, str(tmp_path))
+  resumed = training.train_and_evaluate(config, str(tmp_path))
+  assert int(resumed.step) == 16
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text()
+           .splitlines() if 'loss' in line]
+  assert steps == [4, 8, 12, 16]  # no step logged twice or lost
+
+
+def test_nan_loss_names_the_step(tmp_path):
+  config = _config(learning_rate=1e30)
+  config.conversion.enabled = False
+  with pytest.raises(training.NonFiniteLossError, match=r'at step \d+'):
+    training.train_and_evaluate(config, str(tmp_path))
+
+
+def test_batch_order_is_a_function_of_the_step():
+  split = data.Split(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40))
+  whole = list(data.train_batches(split, batch_size=8, seed=3, start_step=0, num_steps=12,
+                                  augment=None))
+  tail = list(data.train_batches(split, batch_size=8, seed=3, start_step=7, num_steps=12,
+                                 augment=None))
+  for (a, la), (b, lb) in zip(whole[7:], tail, strict=True):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+  epoch = np.concatenate([labels for _, labels in whole[:5]])
+  assert sorted(epoch) == list(range(40))  # an epoch visits every example once
+
+
+def _write_cifar_pickles(root: Path, n: int = 4):
+  folder = root / 'cifar-10-batches-py'
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+    entry = {b'data': rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+             b'labels': list(rng.integers(0, 10, n))}
+    with open(folder / name, 'wb') as f:
+      pickle.dump(entry, f)
+  with open(folder / 'batches.meta', 'wb') as f:
+    pickle.dump({b'label_names': [f'c{i}'.encode() for i in range(10)]}, f)
+  return entry
+
+
+def test_cifar_pickle_source(tmp_path):
+  last = _write_cifar_pickles(tmp_path)
+  dataset = data.load(_config(dataset='cifar10', data_source='cifar_pickle',
+                              data_dir=str(tmp_path), input_shape=(32, 32, 3)))
+  assert dataset.train.images.shape == (20, 32, 32, 3)
+  assert dataset.class_names[3] == 'c3'
+  # CIFAR rows are channel-major (R plane, G plane, B plane): pixel (0, 1) red is byte 1.
+  np.testing.assert_array_equal(dataset.test.images[0, 0, 1], last[b'data'][0, [1, 1025, 2049]])
+  (tmp_path / 'cifar-10-batches-py' / 'data_batch_3').write_bytes(b'not a pickle')
+  with pytest.raises(data.DataError, match='data_batch_3 is not a CIFAR python batch'):
+    data.load(_config(dataset='cifar10', data_source='cifar_pickle', data_dir=str(tmp_path)))
+
+
+def test_image_folder_source_decodes_once_into_a_cache(tmp_path):
+  root = tmp_path / 'images'
+  for split in ('train', 'test'):
+    for label, name in enumerate(['cat', 'ant']):
+      (root / split / name).mkdir(parents=True)
+      for i in range(3):
+        pixels = np.full((8, 8, 3), 40 * label + 10 * i, np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
+  config = _config(data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3),
+                   cache_dir=str(tmp_path / 'cache'))
+  dataset = data.load(config)
+  assert dataset.class_names == ('ant', 'cat')  # sorted by name, as the labels are
+  assert dataset.train.images.shape == (6, 8, 8, 3)
+  assert list(dataset.train.labels) == [0, 0, 0, 1, 1, 1]
+  assert dataset.train.images[0, 0, 0, 0] == 40  # ant is label 1 in the writer: value 40 + 10 i
+  assert len(list((tmp_path / 'cache').glob('*.npz'))) == 1
+  for path in (root / 'train' / 'cat').iterdir():
+    path.write_bytes(b'')  # a cache hit must not read the images again
+  again = data.load(config)
+  np.testing.assert_array_equal(again.train.images, dataset.train.images)
+
+
+def test_missing_data_folders_say_what_was_expected(tmp_path):
+  with pytest.raises(data.DataError, match='expected a folder at .*nowhere.*found nothing'):
+    data.load(_config(data_source='image_folder', data_dir=str(tmp_path / 'nowhere')))
+  (tmp_path / 'train').mkdir()
+  with pytest.raises(data.DataError, match="the 'test' split"):
+    data.load(_config(data_source='image_folder', data_dir=str(tmp_path)))
+  with pytest.raises(data.DataError, match='cifar-10-python.tar.gz'):
+    data.load(_config(dataset='cifar10', data_source='cifar_pickle',
+                      data_dir=str(tmp_path / 'none')))
+  with pytest.raises(data.DataError, match="Unknown data_source 'ftp'"):
+    data.load(_config(data_source='ftp'))
+
+
+def test_tfds_failure_tells_what_to_do(monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+
+  def offline(*args, **kwargs):
+    raise ConnectionError('no route to host')
+
+  monkeypatch.setattr(tfds, 'load', offline)
+  with pytest.raises(data.DataError, match='data_source=cifar_pickle'):
+    data.load(_config(dataset='cifar10', data_source='tfds'))
+  with pytest.raises(data.DataError, match='downloads/manual'):
+    data.load(_config(dataset='imagenet', data_source='tfds'))
+
+
+def test_digits_source_is_real_and_offline():
+  dataset = data.load(_config(dataset='digits', data_source='digits'))
+  assert dataset.train.images.shape == (1437, 8, 8, 1)
+  assert len(dataset.test) == 360 and dataset.num_classes == 10
+
+
+def test_augmentations_keep_shape_and_are_seeded():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8)
+  full = augment.Augment(4, True, True, 16, (0.5, 0.5, 0.5))
+  a = full(images, np.random.default_rng(1))
+  b = full(images, np.random.default_rng(1))
+  assert a.shape == images.shape and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  crop = augment.random_crop(images, 4, np.random.default_rng(2))
+  assert any((crop[i] == 0).all(-1).any() for i in range(16))  # zero padding shows
+  square = augment.cutout(np.ones((1, 32, 32, 1), np.uint8), 16, np.zeros(1),
+                          np.random.default_rng(3))
+  assert (square == 0).sum() <= 256
+
+
+MULTI_DEVICE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax, numpy as np
+    from configs import test as test_config
+    from cos_jax import parallel, training
+    assert jax.device_count() == 8, jax.device_count()
+    config = test_config.get_config()
+    config.conversion.num_examples = 32
+    sharded = training.train_and_evaluate(config, sys.argv[1] + '/eight')
+    single = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                           devices=jax.devices()[:1])
+    parallel.data_mesh = lambda: single
+    parallel.check_divisible = lambda *args: None
+    one = training.train_and_evaluate(config, sys.argv[1] + '/one')
+    difference = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                     for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(one.params)))
+    reports = [json.load(open(sys.argv[1] + f'/{name}/report.json')) for name in ('eight', 'one')]
+    print(json.dumps({'difference': difference,
+                      'accuracies': [r['methods']['cos_rho2']['accuracy_by_T'] for r in reports],
+                      'ann': [r['ann_accuracy'] for r in reports]}))
+''')
+
+
+def test_eight_devices_give_the_single_device_results(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT, str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  outcome = json.loads(result.stdout.strip().splitlines()[-1])
+  assert outcome['difference'] < 1e-4  # reductions split over 8 devices round differently
+  assert outcome['ann'][0] == outcome['ann'][1]
+  assert outcome['accuracies'][0] == outcome['accuracies'][1]
