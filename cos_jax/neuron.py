@@ -38,7 +38,7 @@ def run_if(initial_potential: jax.Array, currents: jax.Array) -> tuple[jax.Array
   Returns:
     `(v(steps), spikes)` with spikes shaped like `currents`.
   """
-  return jax.lax.scan(if_step, initial_potential, currents)
+  return jax.lax.scan(if_step, initial_potential, currents, unroll=True)
 
 
 def presimulate(initial_potential: jax.Array, currents: jax.Array) -> dict[str, jax.Array]:
@@ -61,7 +61,8 @@ def presimulate(initial_potential: jax.Array, currents: jax.Array) -> dict[str, 
 
   zeros = jnp.zeros_like(initial_potential)
   init = (initial_potential, zeros, zeros + jnp.inf, zeros - jnp.inf)
-  (residual, count, lowest_fired, highest_silent), _ = jax.lax.scan(step, init, currents)
+  (residual, count, lowest_fired, highest_silent), _ = jax.lax.scan(step, init, currents,
+                                                                   unroll=True)
   every_step_fired = count == currents.shape[0]
   highest_silent = jnp.where(every_step_fired, NO_SILENT_STEP, highest_silent)
   return dict(count=count, residual=residual, lowest_fired=lowest_fired,

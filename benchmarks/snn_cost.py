@@ -1,0 +1,161 @@
+"""The cost of spiking against the ANN: speed, scaling in T, memory, and the training step.
+
+    python benchmarks/snn_cost.py                      # VGG-16 and ResNet-20, CIFAR shapes
+    python benchmarks/snn_cost.py --models=resnet20 --repeats=3 --out=docs/benchmarks/x.json
+
+Prints tables and writes JSON with the machine and the date. Times are medians of --repeats
+runs after a compile-and-warm-up run; every ratio compares times measured in this one process.
+  1. ANN forward images/s at each batch size.
+  2. SNN images/s for T in --Ts, without shifts (rho = 0) and with COS (rho = 4, fused run), and
+     ratio = SNN time / (max(T, rho) x ANN forward time), at the first batch size.
+  3. Peak memory of the compiled simulation against T (XLA's buffer assignment: arguments,
+     outputs and temporaries), at the first batch size.
+  4. Training step (forward + backward + SGD) images/s at batch 128.
+"""
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import cos_jax
+from cos_jax import snn as snn_lib
+from cos_jax import training
+
+
+def median_seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile and warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def machine() -> dict:
+  cpu = 'unknown'
+  if Path('/proc/cpuinfo').exists():
+    for line in Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        cpu = line.split(':', 1)[1].strip()
+        break
+  return {'cpu': cpu, 'cores': os.cpu_count(), 'platform': platform.platform(),
+          'jax': jax.__version__, 'backend': jax.default_backend(),
+          'date': datetime.date.today().isoformat()}
+
+
+def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int) -> int:
+  lowered = jax.jit(lambda x: snn_lib._run(
+      snn, x, steps=T, first_chunk=rho or min(T, chunk), rounds=1 if rho else 0, chunk=chunk,
+      shift_values=None, statistics_steps=0)[0]).lower(images)
+  stats = lowered.compile().memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes)
+
+
+def train_step_seconds(arch: str, batch: int, repeats: int) -> float:
+  model = cos_jax.create_model(arch, num_classes=10, levels=4)
+  variables = cos_jax.init_variables(model, jax.random.key(0))
+  state = training.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                     tx=optax.sgd(0.01, momentum=0.9),
+                                     batch_stats=variables['batch_stats'])
+  step = jax.jit(functools.partial(training.train_step, mean=(0.5,) * 3, std=(0.25,) * 3))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, 32, 32, 3)), jnp.uint8)
+  labels = jnp.zeros(batch, jnp.int32)
+  key = jax.random.key(1)
+  return median_seconds(lambda: step(state, images, labels, key)[1]['loss'], repeats)
+
+
+def benchmark_model(arch: str, args) -> dict:
+  model = cos_jax.create_model(arch, num_classes=10, levels=4)
+  variables = cos_jax.init_variables(model, jax.random.key(0))
+  # Thresholds and BN as after training, so that neurons fire at realistic rates.
+  variables['params'] = jax.tree.map(lambda x: jnp.full_like(x, 2.0) if x.ndim == 0 else x,
+                                     variables['params'])
+  snn = cos_jax.convert(model, variables)
+  ann = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  result = {'arch': arch, 'ann': {}, 'snn': [], 'memory': [], 'train': {}}
+  rng = np.random.default_rng(0)
+  for batch in args.batches:
+    images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
+    seconds = median_seconds(functools.partial(ann, variables, images), args.repeats)
+    result['ann'][batch] = {'seconds': seconds, 'images_per_second': batch / seconds}
+  batch = args.batches[0]
+  images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
+  ann_seconds = result['ann'][batch]['seconds']
+  for rho in (0, 4):
+    for T in args.Ts:
+      run = functools.partial(cos_jax.calibrate_and_simulate, snn, images, T, rho=rho,
+                              chunk=args.chunk)
+      seconds = median_seconds(lambda run=run: run()[0], args.repeats)
+      result['snn'].append({'rho': rho, 'T': T, 'batch': batch, 'seconds': seconds,
+                            'images_per_second': batch / seconds,
+                            'ratio_to_ann_bound': seconds / (max(T, rho) * ann_seconds)})
+      print(f'{arch} rho={rho} T={T}: {seconds:.3f} s, '
+            f'ratio {result["snn"][-1]["ratio_to_ann_bound"]:.2f}', flush=True)
+  for T in args.memory_Ts:
+    result['memory'].append({'T': T, 'batch': batch, 'rho': 4,
+                             'peak_bytes': compiled_peak_bytes(snn, images, T, 4, args.chunk)})
+  seconds = train_step_seconds(arch, 128, args.repeats)
+  result['train'] = {'batch': 128, 'seconds': seconds, 'images_per_second': 128 / seconds}
+  return result
+
+
+def print_tables(results: list[dict]) -> None:
+  print('\n| model | batch | ANN images/s |\n|---|---|---|')
+  for r in results:
+    for batch, v in r['ann'].items():
+      print(f'| {r["arch"]} | {batch} | {v["images_per_second"]:.1f} |')
+  print('\n| model | rho | T | SNN images/s | SNN time / (max(T, rho) x ANN time) |')
+  print('|---|---|---|---|---|')
+  for r in results:
+    for v in r['snn']:
+      print(f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["images_per_second"]:.1f} | '
+            f'{v["ratio_to_ann_bound"]:.2f} |')
+  print('\n| model | T | peak MB | / peak at first T |\n|---|---|---|---|')
+  for r in results:
+    first = r['memory'][0]['peak_bytes']
+    for v in r['memory']:
+      print(f'| {r["arch"]} | {v["T"]} | {v["peak_bytes"] / 2**20:.1f} | '
+            f'{v["peak_bytes"] / first:.2f} |')
+  print('\n| model | train images/s (batch 128) |\n|---|---|')
+  for r in results:
+    print(f'| {r["arch"]} | {r["train"]["images_per_second"]:.1f} |')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='vgg16,resnet20')
+  parser.add_argument('--batches', default='50,128')
+  parser.add_argument('--Ts', default='1,2,4,8,16,32')
+  parser.add_argument('--memory_Ts', default='8,64')
+  parser.add_argument('--chunk', type=int, default=snn_lib.DEFAULT_CHUNK)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--out', default='docs/benchmarks/snn_cost.json')
+  args = parser.parse_args()
+  args.batches = [int(b) for b in args.batches.split(',')]
+  args.Ts = [int(t) for t in args.Ts.split(',')]
+  args.memory_Ts = [int(t) for t in args.memory_Ts.split(',')]
+  results = [benchmark_model(arch, args) for arch in args.models.split(',')]
+  print_tables(results)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({'machine': machine(), 'command': ' '.join(os.sys.argv),
+                             'chunk': args.chunk, 'repeats': args.repeats,
+                             'results': results}, indent=1))
+  print(f'\nwrote {out}')
+
+
+if __name__ == '__main__':
+  main()
