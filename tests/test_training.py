@@ -57,25 +57,39 @@ def test_convert_py_rereads_the_workdir(finished_run):
   assert after['ann_accuracy'] == before['ann_accuracy']
 
 
-def test_resume_after_interruption_gives_the_same_parameters(finished_run, tmp_path,
-                                                            monkeypatch):
+KILLED_RUN_SCRIPT = textwrap.dedent('''
+    import sys, time
+    from configs import test as test_config
+    from cos_jax import data, training
+    real_batches = data.train_batches
+
+    def stalling_batches(*args, **kwargs):  # stalls in step 8, after the checkpoint of step 5
+      for index, batch in enumerate(real_batches(*args, **kwargs)):
+        if kwargs['start_step'] + index == 7 and sys.argv[2] == 'stall':
+          print('stalled', flush=True)
+          time.sleep(600)
+        yield batch
+
+    data.train_batches = stalling_batches
+    config = test_config.get_config()
+    config.conversion.enabled = False
+    training.train_and_evaluate(config, sys.argv[1])
+''')
+
+
+def test_kill_9_and_restart_gives_the_same_parameters(finished_run, tmp_path):
   _, uninterrupted = finished_run
-  real_batches = data.train_batches
-
-  def interrupted_batches(*args, **kwargs):
-    for index, batch in enumerate(real_batches(*args, **kwargs)):
-      if kwargs['start_step'] == 0 and index == 7:  # checkpoint at 5, killed during step 8
-        raise KeyboardInterrupt
-      yield batch
-
-  monkeypatch.setattr(data, 'train_batches', interrupted_batches)
-  config = _config()
-  config.conversion.enabled = False
-  with pytest.raises(KeyboardInterrupt):
-    training.train_and_evaluate(config, str(tmp_path))
-  resumed = training.train_and_evaluate(config, str(tmp_path))
-  assert int(resumed.step) == 16
-  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params),
+  command = [sys.executable, '-c', KILLED_RUN_SCRIPT, str(tmp_path)]
+  process = subprocess.Popen(command + ['stall'], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert any(line.strip() == 'stalled' for line in iter(process.stdout.readline, ''))
+  finally:
+    process.kill()  # SIGKILL: no clean-up of any kind
+    process.wait()
+  subprocess.run(command + ['run'], cwd=ROOT, check=True, capture_output=True, timeout=600)
+  config = test_config.get_config()
+  _, resumed = training.restore_variables(config, tmp_path)
+  for a, b in zip(jax.tree.leaves(resumed['params']), jax.tree.leaves(uninterrupted.params),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text()
