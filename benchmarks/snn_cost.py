@@ -9,7 +9,7 @@ runs after a compile-and-warm-up run; every ratio compares times measured in thi
   2. SNN images/s for T in --Ts, without shifts (rho = 0) and with COS (rho = 4, fused run), and
      ratio = SNN time / (max(T, rho) x ANN forward time), at the first batch size.
   3. Peak memory of the compiled simulation against T (XLA's buffer assignment: arguments,
-     outputs and temporaries), at the first batch size.
+     outputs and temporaries), at the first batch size, with and without COS.
   4. Training step (forward + backward + SGD) images/s at batch 128.
 """
 
@@ -55,7 +55,8 @@ def machine() -> dict:
           'date': datetime.date.today().isoformat()}
 
 
-def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int) -> int:
+def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int:
+  chunk = chunk or rho or snn_lib.DEFAULT_CHUNK  # the defaults of calibrate_and_simulate
   lowered = jax.jit(lambda x: snn_lib._run(
       snn, x, steps=T, first_chunk=rho or min(T, chunk), rounds=1 if rho else 0, chunk=chunk,
       shift_values=None, statistics_steps=0)[0]).lower(images)
@@ -97,16 +98,17 @@ def benchmark_model(arch: str, args) -> dict:
   for rho in (0, 4):
     for T in args.Ts:
       run = functools.partial(cos_jax.calibrate_and_simulate, snn, images, T, rho=rho,
-                              chunk=args.chunk)
+                              chunk=args.chunk or None)
       seconds = median_seconds(lambda run=run: run()[0], args.repeats)
       result['snn'].append({'rho': rho, 'T': T, 'batch': batch, 'seconds': seconds,
                             'images_per_second': batch / seconds,
                             'ratio_to_ann_bound': seconds / (max(T, rho) * ann_seconds)})
       print(f'{arch} rho={rho} T={T}: {seconds:.3f} s, '
             f'ratio {result["snn"][-1]["ratio_to_ann_bound"]:.2f}', flush=True)
-  for T in args.memory_Ts:
-    result['memory'].append({'T': T, 'batch': batch, 'rho': 4,
-                             'peak_bytes': compiled_peak_bytes(snn, images, T, 4, args.chunk)})
+  for rho in (0, 4):
+    for T in args.memory_Ts:
+      result['memory'].append({'T': T, 'batch': batch, 'rho': rho,
+                               'peak_bytes': compiled_peak_bytes(snn, images, T, rho, args.chunk)})
   seconds = train_step_seconds(arch, 128, args.repeats)
   result['train'] = {'batch': 128, 'seconds': seconds, 'images_per_second': 128 / seconds}
   return result
@@ -123,11 +125,11 @@ def print_tables(results: list[dict]) -> None:
     for v in r['snn']:
       print(f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["images_per_second"]:.1f} | '
             f'{v["ratio_to_ann_bound"]:.2f} |')
-  print('\n| model | T | peak MB | / peak at first T |\n|---|---|---|---|')
+  print('\n| model | rho | T | peak MB | / peak at the first T |\n|---|---|---|---|---|')
   for r in results:
-    first = r['memory'][0]['peak_bytes']
     for v in r['memory']:
-      print(f'| {r["arch"]} | {v["T"]} | {v["peak_bytes"] / 2**20:.1f} | '
+      first = next(m for m in r['memory'] if m['rho'] == v['rho'])['peak_bytes']
+      print(f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["peak_bytes"] / 2**20:.1f} | '
             f'{v["peak_bytes"] / first:.2f} |')
   print('\n| model | train images/s (batch 128) |\n|---|---|')
   for r in results:
@@ -140,7 +142,7 @@ def main():
   parser.add_argument('--batches', default='50,128')
   parser.add_argument('--Ts', default='1,2,4,8,16,32')
   parser.add_argument('--memory_Ts', default='8,64')
-  parser.add_argument('--chunk', type=int, default=snn_lib.DEFAULT_CHUNK)
+  parser.add_argument('--chunk', type=int, default=0, help='0: the library default')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--out', default='docs/benchmarks/snn_cost.json')
   args = parser.parse_args()

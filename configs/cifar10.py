@@ -56,5 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.conversion.rounds = 1  # COS rounds k
   config.conversion.batch_size = 100
   config.conversion.num_examples = -1  # -1: the whole test set
-  config.conversion.chunk = 8  # time steps per simulation chunk
+  config.conversion.chunk = 0  # time steps per simulation chunk; 0: rho, or 8 without COS
   return config

@@ -64,7 +64,7 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
     ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
     for name, rho in methods:
       logits, _, stats = snn_lib.calibrate_and_simulate(
-          network, images, max_T, rho=rho, rounds=conversion.rounds, chunk=conversion.chunk,
+          network, images, max_T, rho=rho, rounds=conversion.rounds, chunk=conversion.chunk or None,
           statistics_T=statistics_T)
       predictions = np.asarray(logits.cumsum(0).argmax(-1))  # [T, B]
       correct[name] += (predictions == labels[None]).sum(1)

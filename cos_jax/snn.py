@@ -24,7 +24,7 @@ from cos_jax import checks, neuron
 from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
-"""Time steps per chunk: memory is proportional to it, and bigger chunks amortise per-chunk work."""
+"""Time steps per chunk without calibration (with it, rho): memory is proportional to it."""
 
 OFFSET_SPIKE_BINS = (-3, -2, -1, 0, 1, 2, 3)
 """Offset-spike histogram bins; the outer two hold psi <= -3 and psi >= 3."""
@@ -217,19 +217,20 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
   checks.check_same_tree(shifts.values, expected, 'shifts')
 
 
-def _validated(snn: SNN, images, T: int, chunk: int, rho: int = 1, rounds: int = 1):
+def _validated(snn: SNN, images, T: int, chunk: int | None, rho: int = 1, rounds: int = 1):
   if not isinstance(snn, SNN):
     raise TypeError(f'expected the SNN returned by cos_jax.convert, got {type(snn).__name__}.')
   checks.check_images(images, snn.model.input_shape)
   checks.check_positive_int('T', T)
-  checks.check_positive_int('chunk', chunk)
   checks.check_positive_int('rho', rho, minimum=0)
   checks.check_positive_int('rounds', rounds)
+  if chunk is not None:
+    checks.check_positive_int('chunk', chunk)
   return jnp.asarray(images, jnp.float32)
 
 
 def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
-             chunk: int = DEFAULT_CHUNK) -> jax.Array:
+             chunk: int | None = None) -> jax.Array:
   """Simulates the SNN for T steps on analog images presented at every step.
 
   Args:
@@ -238,13 +239,16 @@ def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
     T: the number of time steps (>= 1).
     shifts: initial-potential shifts from `calibrate` on the same images, or None for the plain
       QCFS conversion (every neuron starts at theta / 2).
-    chunk: time steps per chunk; memory grows with it, not with T.
+    chunk: time steps per chunk; memory grows with it, not with T. By default rho with
+      shifts (so the run never holds more steps than calibration did), else DEFAULT_CHUNK.
 
   Returns:
     [T, B, num_classes] logits y(t) of each step (not summed): the prediction after t steps is
     the argmax of `logits[:t].sum(0)`.
   """
   images = _validated(snn, images, T, chunk)
+  if chunk is None:
+    chunk = shifts.rho if isinstance(shifts, Shifts) else DEFAULT_CHUNK
   if shifts is None:
     return _simulate_jit(snn, images, None, steps=T, first_chunk=min(T, chunk), rounds=0,
                          chunk=chunk, statistics_steps=0)[0]
@@ -273,7 +277,7 @@ def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
 
 
 def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 1,
-                           chunk: int = DEFAULT_CHUNK, statistics_T: int = 0):
+                           chunk: int | None = None, statistics_T: int = 0):
   """The fused run: calibrate on rho steps and simulate T steps, reusing the rho steps.
 
   `rho=0` runs the plain QCFS conversion. Gives the same logits as `calibrate` followed by
@@ -287,6 +291,8 @@ def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 
     non-zero inputs (`nonzero_inputs`, the synaptic events); else None.
   """
   images = _validated(snn, images, T, chunk, rho, rounds)
+  if chunk is None:
+    chunk = rho or DEFAULT_CHUNK
   if statistics_T and not 1 <= statistics_T <= T:
     raise ValueError(f'statistics_T must be 0 (off) or between 1 and T={T}, got {statistics_T}.')
   first_chunk = rho if rho else min(T, chunk)
