@@ -8,15 +8,12 @@ producer does. The training step's images/s comes from benchmarks/snn_cost.py.
 """
 
 import argparse
-import json
-import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.snn_cost import machine
+from benchmarks.common import write_result
 from cos_jax.augment import Augment
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -48,10 +45,7 @@ def main():
     rate = args.batch / statistics.median(times)
     rows.append({'augmentation': name, 'images_per_second': rate})
     print(f'| {name} | {rate:.0f} |')
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({'machine': machine(), 'command': ' '.join(os.sys.argv),
-                             'batch': args.batch, 'rows': rows}, indent=1))
+  write_result(args.out, batch=args.batch, rows=rows)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Per-layer times of VGG-16 (CIFAR shapes) on this backend: where XLA's slow paths are.
 
-    python benchmarks/layer_profile.py --batch=50
+    python -m benchmarks.layer_profile --batch=50
 
 Times every distinct convolution, pooling and dense shape of VGG-16 alone, as `nn.Conv` and as
 cos_jax's `Conv` (the matrix-product form on tiny maps), and prints GFLOP/s per layer: a layer
@@ -8,14 +8,11 @@ far below the others is a slow path. Writes JSON next to the other benchmark res
 """
 
 import argparse
-import json
-import os
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 
-from benchmarks.snn_cost import machine, median_seconds
+from benchmarks.common import median_seconds, write_result
 from cos_jax import models
 from cos_jax.layers import Conv
 
@@ -63,11 +60,7 @@ def main():
                    'gflops_per_second': flops / seconds / 1e9})
       print(f'| {name} | {label} | {1000 * seconds:.2f} | {flops / seconds / 1e9:.1f} |',
             flush=True)
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({'machine': machine(), 'command': ' '.join(os.sys.argv),
-                             'batch': args.batch, 'rows': rows}, indent=1))
-  print(f'wrote {out}')
+  write_result(args.out, batch=args.batch, rows=rows)
 
 
 if __name__ == '__main__':

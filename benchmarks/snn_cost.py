@@ -1,7 +1,7 @@
 """The cost of spiking against the ANN: speed, scaling in T, memory, and the training step.
 
-    python benchmarks/snn_cost.py                      # VGG-16 and ResNet-20, CIFAR shapes
-    python benchmarks/snn_cost.py --models=resnet20 --repeats=3 --out=docs/benchmarks/x.json
+    python -m benchmarks.snn_cost                      # VGG-16 and ResNet-20, CIFAR shapes
+    python -m benchmarks.snn_cost --models=resnet20 --repeats=3 --out=docs/benchmarks/x.json
 
 Prints tables and writes JSON with the machine and the date. Times are medians of --repeats
 runs after a compile-and-warm-up run; every ratio compares times measured in this one process.
@@ -14,14 +14,7 @@ runs after a compile-and-warm-up run; every ratio compares times measured in thi
 """
 
 import argparse
-import datetime
 import functools
-import json
-import os
-import platform
-import statistics
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,30 +22,9 @@ import numpy as np
 import optax
 
 import cos_jax
+from benchmarks.common import median_seconds, write_result
 from cos_jax import snn as snn_lib
 from cos_jax import training
-
-
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def machine() -> dict:
-  cpu = 'unknown'
-  if Path('/proc/cpuinfo').exists():
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  return {'cpu': cpu, 'cores': os.cpu_count(), 'platform': platform.platform(),
-          'jax': jax.__version__, 'backend': jax.default_backend(),
-          'date': datetime.date.today().isoformat()}
 
 
 def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int:
@@ -151,12 +123,7 @@ def main():
   args.memory_Ts = [int(t) for t in args.memory_Ts.split(',')]
   results = [benchmark_model(arch, args) for arch in args.models.split(',')]
   print_tables(results)
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({'machine': machine(), 'command': ' '.join(os.sys.argv),
-                             'chunk': args.chunk, 'repeats': args.repeats,
-                             'results': results}, indent=1))
-  print(f'\nwrote {out}')
+  write_result(args.out, chunk=args.chunk, repeats=args.repeats, results=results)
 
 
 if __name__ == '__main__':
