@@ -60,14 +60,14 @@ def benchmark_model(arch: str, args) -> dict:
   ann = jax.jit(lambda v, x: model.apply(v, x, train=False))
   result = {'arch': arch, 'ann': {}, 'snn': [], 'memory': [], 'train': {}}
   rng = np.random.default_rng(0)
-  for batch in args.batches:
+  for batch in args.batches if 'ann' in args.parts else ():
     images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
     seconds = median_seconds(functools.partial(ann, variables, images), args.repeats)
     result['ann'][batch] = {'seconds': seconds, 'images_per_second': batch / seconds}
   batch = args.batches[0]
   images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
-  ann_seconds = result['ann'][batch]['seconds']
-  for rho in (0, 4):
+  for rho in (0, 4) if 'snn' in args.parts else ():
+    ann_seconds = result['ann'][batch]['seconds']
     for T in args.Ts:
       run = functools.partial(cos_jax.calibrate_and_simulate, snn, images, T, rho=rho,
                               chunk=args.chunk or None)
@@ -77,12 +77,13 @@ def benchmark_model(arch: str, args) -> dict:
                             'ratio_to_ann_bound': seconds / (max(T, rho) * ann_seconds)})
       print(f'{arch} rho={rho} T={T}: {seconds:.3f} s, '
             f'ratio {result["snn"][-1]["ratio_to_ann_bound"]:.2f}', flush=True)
-  for rho in (0, 4):
+  for rho in (0, 4) if 'memory' in args.parts else ():
     for T in args.memory_Ts:
       result['memory'].append({'T': T, 'batch': batch, 'rho': rho,
                                'peak_bytes': compiled_peak_bytes(snn, images, T, rho, args.chunk)})
-  seconds = train_step_seconds(arch, 128, args.repeats)
-  result['train'] = {'batch': 128, 'seconds': seconds, 'images_per_second': 128 / seconds}
+  if 'train' in args.parts:
+    seconds = train_step_seconds(arch, 128, args.repeats)
+    result['train'] = {'batch': 128, 'seconds': seconds, 'images_per_second': 128 / seconds}
   return result
 
 
@@ -105,7 +106,8 @@ def print_tables(results: list[dict]) -> None:
             f'{v["peak_bytes"] / first:.2f} |')
   print('\n| model | train images/s (batch 128) |\n|---|---|')
   for r in results:
-    print(f'| {r["arch"]} | {r["train"]["images_per_second"]:.1f} |')
+    if r['train']:
+      print(f'| {r["arch"]} | {r["train"]["images_per_second"]:.1f} |')
 
 
 def main():
@@ -113,7 +115,9 @@ def main():
   parser.add_argument('--models', default='vgg16,resnet20')
   parser.add_argument('--batches', default='50,128')
   parser.add_argument('--Ts', default='1,2,4,8,16,32')
-  parser.add_argument('--memory_Ts', default='8,64')
+  parser.add_argument('--memory_Ts', default='8,16,64,128')
+  parser.add_argument('--parts', default='ann,snn,memory,train',
+                      help='which measurements (snn needs ann)')
   parser.add_argument('--chunk', type=int, default=0, help='0: the library default')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--out', default='docs/benchmarks/snn_cost.json')
@@ -121,6 +125,7 @@ def main():
   args.batches = [int(b) for b in args.batches.split(',')]
   args.Ts = [int(t) for t in args.Ts.split(',')]
   args.memory_Ts = [int(t) for t in args.memory_Ts.split(',')]
+  args.parts = set(args.parts.split(','))
   results = [benchmark_model(arch, args) for arch in args.models.split(',')]
   print_tables(results)
   write_result(args.out, chunk=args.chunk, repeats=args.repeats, results=results)

@@ -142,21 +142,40 @@ def _potentials_from_shifts(shifts: dict) -> dict:
        for path, shift in flat.items()})
 
 
-def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: int, chunk: int,
-         shift_values: dict | None, statistics_steps: int):
-  """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds;
-  spikes, currents and non-zero inputs of the first `statistics_steps` steps are summed."""
-  state = {}
+def _initial_state(snn: SNN, images: jax.Array, shift_values: dict | None,
+                   statistics_steps: int) -> dict:
+  """Membrane potentials at 1/2 (plus the shifts, if given) and zeroed statistics counters."""
+  spiking = Spiking(1, statistics_steps=statistics_steps)
+  shapes = jax.eval_shape(
+      lambda x: _apply_chunk(snn, x, {'spike_stats': {}} if statistics_steps else {}, spiking)[1],
+      images)
+  state = {'membrane': jax.tree.map(lambda s: jnp.full(s.shape, neuron.INITIAL_POTENTIAL, s.dtype),
+                                    shapes['membrane'])}
   if shift_values is not None:
     state['membrane'] = _potentials_from_shifts(shift_values)
   if statistics_steps:
-    state['spike_stats'] = {}
-  spiking = Spiking(first_chunk, rounds, statistics_steps)
-  logits, state = _apply_chunk(snn, images, state, spiking)
-  shifts = state.pop('shifts') if rounds else None
-  outputs = [logits]
-  remaining = steps - first_chunk
-  full_chunks, last_chunk = divmod(max(remaining, 0), chunk)
+    state['spike_stats'] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                        shapes['spike_stats'])
+  return state
+
+
+def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: int, chunk: int,
+         shift_values: dict | None, statistics_steps: int):
+  """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds;
+  spikes, currents and non-zero inputs of the first `statistics_steps` steps are summed.
+
+  Chunks of `chunk` steps run in one `lax.scan`, so that XLA reuses one set of buffers for all
+  of them; a calibrating or differently sized first chunk and a shorter last chunk run apart.
+  """
+  state = _initial_state(snn, images, shift_values, statistics_steps)
+  outputs, shifts, remaining = [], None, steps
+  if rounds or first_chunk != chunk:
+    logits, state = _apply_chunk(snn, images, state,
+                                 Spiking(first_chunk, rounds, statistics_steps))
+    shifts = state.pop('shifts') if rounds else None
+    outputs.append(logits)
+    remaining = max(steps - first_chunk, 0)
+  full_chunks, last_chunk = divmod(remaining, chunk)
   if full_chunks:
     body = Spiking(chunk, statistics_steps=statistics_steps)
     state, chunk_logits = jax.lax.scan(
