@@ -39,6 +39,6 @@ def write_result(path: str, **payload) -> None:
   """Writes the payload with the machine and the command line as JSON."""
   out = Path(path)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({'machine': machine(), 'command': ' '.join(sys.argv), **payload},
-                            indent=1))
+  command = ' '.join(['python'] + sys.orig_argv[1:]).replace(str(Path.cwd()) + '/', '')
+  out.write_text(json.dumps({'machine': machine(), 'command': command, **payload}, indent=1))
   print(f'wrote {out}')
