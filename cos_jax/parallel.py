@@ -15,9 +15,17 @@ def data_mesh() -> jax.sharding.Mesh:
 
 
 def shard_batch(mesh: jax.sharding.Mesh, *arrays):
-  """Places host-local batch arrays on the mesh, split along their first (batch) axis."""
+  """Places global-batch host arrays on the mesh, split along their first (batch) axis.
+
+  Every process holds the same global batch (the batch order is a function of the seed and
+  the step); each contributes its contiguous share to the devices it owns.
+  """
   sharding = NamedSharding(mesh, PartitionSpec('data'))
-  return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
+  count, index = jax.process_count(), jax.process_index()
+  return tuple(
+      jax.make_array_from_process_local_data(
+          sharding, a[index * (len(a) // count):(index + 1) * (len(a) // count)], a.shape)
+      for a in arrays)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
