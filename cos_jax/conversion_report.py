@@ -201,9 +201,11 @@ def run(config, workdir, model, variables, split: data.Split, title: str | None 
                       'rhos': list(config.conversion.rhos), 'chunk': config.conversion.chunk}
   title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, QCFS and COS'
   markdown = to_markdown(report, title)
+  print(markdown, flush=True)
+  if jax.process_index():
+    return report  # one writer on a shared workdir
   (workdir / 'report.json').write_text(json.dumps(report, indent=1))
   (workdir / 'report.md').write_text(markdown)
   plot(report, workdir / 'report')
-  print(markdown, flush=True)
   return report
 

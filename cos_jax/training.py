@@ -111,12 +111,14 @@ class _MetricsLog:
 
   def __init__(self, path: Path, resumed_step: int):
     self.path = path
-    if path.exists():
+    if path.exists() and jax.process_index() == 0:
       kept = [line for line in path.read_text().splitlines()
               if line and json.loads(line).get('step', 0) <= resumed_step]
       path.write_text(''.join(line + '\n' for line in kept))
 
   def write(self, **record) -> None:
+    if jax.process_index():
+      return  # one writer on a shared workdir
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
 
