@@ -244,7 +244,8 @@ def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = torch_import.load_torch_checkpoint(
         torch_checkpoint, arch=config.arch, num_classes=config.num_classes, L=config.levels,
-        imagenet=config.get('imagenet', False))
+        imagenet=config.get('imagenet', False), input_shape=tuple(config.input_shape),
+        **config.get('model_kwargs', {}))
   else:
     model, variables = restore_variables(config, workdir)
   return conversion_report.run(config, workdir, model, variables, data.load(config).test)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cos_jax
 from configs import test as test_config
-from cos_jax import augment, data, training
+from cos_jax import augment, data, torch_import, training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,6 +96,22 @@ def test_kill_9_and_restart_gives_the_same_parameters(finished_run, tmp_path):
   steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text()
            .splitlines() if 'loss' in line]
   assert steps == [4, 8, 12, 16]  # no step logged twice or lost
+
+
+def test_convert_py_reports_an_imported_pytorch_checkpoint(tmp_path):
+  """--torch_checkpoint: a reference state_dict (here .npz) goes through the whole report."""
+  config = _config(arch='resnet20', input_shape=(32, 32, 3), synthetic_test_size=16)
+  config.mean, config.std = (0.5,) * 3, (0.25,) * 3
+  config.conversion.update(num_examples=16, batch_size=16, max_T=2, rhos=(1,), statistics_T=2)
+  model = training.create_model(config)
+  variables = jax.device_get(cos_jax.init_variables(model, jax.random.key(0)))
+  np.savez(tmp_path / 'resnet20.npz', **torch_import.export_state_dict(model, variables))
+  report = training.convert_and_report(tmp_path / 'run', config, str(tmp_path / 'resnet20.npz'))
+  test = data.load(config).test
+  logits = model.apply(variables, data.normalise(test.images, config.mean, config.std))
+  assert report['ann_accuracy'] == float((np.asarray(logits).argmax(-1) == test.labels).mean())
+  assert set(report['methods']) == {'qcfs', 'cos_rho1'}
+  assert (tmp_path / 'run' / 'report.md').exists()
 
 
 def test_nan_loss_names_the_step(tmp_path):
