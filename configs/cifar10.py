@@ -55,6 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.conversion.rhos = (4,)  # COS pre-simulation lengths
   config.conversion.rounds = 1  # COS rounds k
   config.conversion.batch_size = 100
-  config.conversion.num_examples = -1  # -1: the whole test set
+  config.conversion.num_examples = -1  # -1: the whole test set; else a fixed random subset
   config.conversion.chunk = 0  # time steps per simulation chunk; 0: rho, or 8 without COS
   return config

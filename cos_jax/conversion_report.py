@@ -45,8 +45,8 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   conversion = config.conversion
   max_T = conversion.max_T
   statistics_T = conversion.statistics_T
-  n = len(split) if conversion.num_examples < 0 else min(conversion.num_examples, len(split))
-  split = data.Split(split.images[:n], split.labels[:n])
+  split = data.subset(split, conversion.num_examples)
+  n = len(split)
   network = snn_lib.convert(model, variables)
   mesh = parallel.data_mesh()
   methods = _methods(conversion)

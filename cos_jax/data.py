@@ -227,6 +227,17 @@ def _load_synthetic(config) -> Dataset:
                  config.num_classes, tuple(str(i) for i in range(config.num_classes)))
 
 
+def subset(split: Split, size: int) -> Split:
+  """A fixed random subset of `size` examples in their original order (all if size < 0).
+
+  Not the first `size`: test splits are often sorted by class.
+  """
+  if size < 0 or size >= len(split):
+    return split
+  chosen = np.sort(np.random.default_rng(0).permutation(len(split))[:size])
+  return Split(split.images[chosen], split.labels[chosen])
+
+
 def normalise(images: np.ndarray, mean, std) -> np.ndarray:
   """uint8 [..., C] images to float32, scaled to [0, 1] then normalised per channel."""
   return ((images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))

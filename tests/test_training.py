@@ -209,6 +209,14 @@ def test_tfds_failure_tells_what_to_do(monkeypatch):
     data.load(_config(dataset='imagenet', data_source='tfds'))
 
 
+def test_subset_spans_a_class_sorted_split():
+  split = data.Split(np.zeros((100, 1, 1, 1), np.uint8), np.repeat(np.arange(10), 10))
+  part = data.subset(split, 20)
+  assert len(part) == 20 and len(set(part.labels)) >= 6
+  np.testing.assert_array_equal(part.labels, data.subset(split, 20).labels)
+  assert data.subset(split, -1) is split
+
+
 def test_digits_source_is_real_and_offline():
   dataset = data.load(_config(dataset='digits', data_source='digits'))
   assert dataset.train.images.shape == (1437, 8, 8, 1)
