@@ -180,6 +180,12 @@ def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = F
   return ARCHITECTURES[arch](num_classes=num_classes, levels=levels, **overrides)
 
 
+def abstract_variables(model: nn.Module) -> dict:
+  """The shapes and dtypes of `model`'s variables, traced on one image without computing them."""
+  images = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+
+
 def init_variables(model: nn.Module, rng: jax.Array) -> dict:
   """Initial `params` and `batch_stats` for `model`, traced on one image of its input shape."""
   init = jax.jit(functools.partial(model.init, train=False))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from cos_jax import checks, neuron
+from cos_jax import checks, models, neuron
 from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
@@ -72,8 +72,7 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
     if collection not in variables:
       raise ValueError(f'variables lack the {collection!r} collection; pass the full variables '
                        'returned by model.init or the training state.')
-  expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                            jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32))
+  expected = models.abstract_variables(model)
   checks.check_same_tree(variables['params'], expected['params'], 'params')
   checks.check_same_tree(variables['batch_stats'], expected['batch_stats'], 'batch_stats')
   thresholds = [t for path, t in traverse_util.flatten_dict(variables['params']).items()
@@ -343,7 +342,6 @@ def linear_layer_costs(model: nn.Module) -> dict[str, dict[str, int]]:
     costs['/'.join(module.path)] = {'macs': int(np.prod(outputs.shape[1:])) * fan_in,
                                     'inputs': int(np.prod(inputs.shape[1:]))}
 
-  images = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32)
   with nn.intercept_methods(_linear_layer_interceptor(record)):
-    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+    models.abstract_variables(model)
   return costs

@@ -7,12 +7,10 @@ Layouts: PyTorch convs are OIHW (Flax HWIO), dense weights (out, in) (Flax (in, 
 PyTorch flattens feature maps as (C, H, W) where Flax flattens (H, W, C).
 """
 
-import functools
 import re
 from pathlib import Path
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -60,13 +58,8 @@ def _layer_kinds(model: nn.Module) -> dict[tuple[str, ...], str]:
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    _abstract_variables(model)
+    models.abstract_variables(model)
   return kinds
-
-
-def _abstract_variables(model: nn.Module) -> dict:
-  images = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), jnp.float32)
-  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
 
 
 def _flatten_order(model: nn.Module, path: tuple[str, ...], in_features: int):
@@ -112,7 +105,7 @@ def _from_torch(model, kind, path, leaf, value: np.ndarray, shape) -> np.ndarray
 def _expected_keys(model: nn.Module):
   """Yields (torch key, collection, flax path, leaf, kind, flax shape) of every model leaf."""
   kinds = _layer_kinds(model)
-  for collection, tree in _abstract_variables(model).items():
+  for collection, tree in models.abstract_variables(model).items():
     for full_path, leaf_value in traverse_util.flatten_dict(tree).items():
       path, leaf = full_path[:-1], full_path[-1]
       kind = kinds[path]
