@@ -239,25 +239,39 @@ def test_augmentations_keep_shape_and_are_seeded():
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent('''
-    import json, sys
+    import functools, json, pathlib, sys
     import jax, numpy as np
     from configs import test as test_config
-    from cos_jax import parallel, training
+    from cos_jax import conversion_report, data, parallel, training
     assert jax.device_count() == 8, jax.device_count()
     config = test_config.get_config()
     config.conversion.num_examples = 32
-    sharded = training.train_and_evaluate(config, sys.argv[1] + '/eight')
-    single = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                           devices=jax.devices()[:1])
-    parallel.data_mesh = lambda: single
-    parallel.check_divisible = lambda *args: None
-    one = training.train_and_evaluate(config, sys.argv[1] + '/one')
-    difference = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-                     for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(one.params)))
-    reports = [json.load(open(sys.argv[1] + f'/{name}/report.json')) for name in ('eight', 'one')]
+    state = training.train_and_evaluate(config, sys.argv[1] + '/eight')
+    dataset = data.load(config)
+    images, labels = dataset.train.images[:32], dataset.train.labels[:32]
+    step = jax.jit(functools.partial(training.train_step, mean=tuple(config.mean),
+                                     std=tuple(config.std)))
+    key = jax.random.key(3)
+    eight, single = parallel.data_mesh(), jax.make_mesh(
+        (1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    model = training.create_model(config)
+    outcome = {}
+    for name, mesh in (('eight', eight), ('one', single)):
+      parallel.data_mesh = lambda mesh=mesh: mesh
+      stepped, _ = step(parallel.replicate(state, mesh),
+                        *parallel.shard_batch(mesh, images, labels), key)
+      variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+      report_dir = pathlib.Path(sys.argv[1], f'report_{name}')
+      report_dir.mkdir()
+      report = conversion_report.run(config, report_dir, model, variables, dataset.test)
+      outcome[name] = {'params': jax.device_get(stepped.params),
+                       'ann': report['ann_accuracy'],
+                       'cos': report['methods']['cos_rho2']['accuracy_by_T']}
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(outcome['eight']['params']), jax.tree.leaves(outcome['one']['params'])))
     print(json.dumps({'difference': difference,
-                      'accuracies': [r['methods']['cos_rho2']['accuracy_by_T'] for r in reports],
-                      'ann': [r['ann_accuracy'] for r in reports]}))
+                      'accuracies': [outcome[n]['cos'] for n in ('eight', 'one')],
+                      'ann': [outcome[n]['ann'] for n in ('eight', 'one')]}))
 ''')
 
 
@@ -268,6 +282,9 @@ def test_eight_devices_give_the_single_device_results(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   outcome = json.loads(result.stdout.strip().splitlines()[-1])
-  assert outcome['difference'] < 1e-4  # reductions split over 8 devices round differently
+  # One step from the same state: only the order of the batch reductions differs. (Over a whole
+  # run such rounding differences grow wherever they move a QCFS floor, so the runs themselves
+  # are not compared.)
+  assert outcome['difference'] < 1e-5
   assert outcome['ann'][0] == outcome['ann'][1]
   assert outcome['accuracies'][0] == outcome['accuracies'][1]
