@@ -23,7 +23,7 @@ def check_images(images, input_shape: tuple[int, int, int]) -> None:
                      f'{expected}; got shape {tuple(shape)}.')
   if shape[0] < 1:
     raise ValueError('images is an empty batch.')
-  if not np.issubdtype(np.dtype(images.dtype), np.floating):
+  if not jax.numpy.issubdtype(images.dtype, jax.numpy.floating):
     raise ValueError(f'images must be floating point and already normalised, got dtype '
                      f'{images.dtype}.')
   if not bool(jax.numpy.isfinite(images).all()):

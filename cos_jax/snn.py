@@ -244,7 +244,7 @@ def _validated(snn: SNN, images, T: int, chunk: int | None, rho: int = 1, rounds
   checks.check_positive_int('rounds', rounds)
   if chunk is not None:
     checks.check_positive_int('chunk', chunk)
-  return jnp.asarray(images, jnp.float32)
+  return jnp.asarray(images)  # keeps its float dtype: float64 runs stay float64
 
 
 def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
