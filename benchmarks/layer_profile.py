@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 
 from benchmarks.common import median_seconds, write_result
-from cos_jax import models
+from cos_jax import models, xla
 from cos_jax.layers import Conv
 
 
@@ -45,14 +45,14 @@ def main():
                          'cos_jax Conv': Conv(width, (3, 3), padding=1)},
                 'dense': {'nn.Dense': nn.Dense(width)}}.get(kind)
     if variants is None:
-      pool = jax.jit(lambda x: nn.avg_pool(x, (2, 2), (2, 2)))
+      pool = xla.jit(lambda x: nn.avg_pool(x, (2, 2), (2, 2)))
       variants_seconds = {'nn.avg_pool': median_seconds(lambda pool=pool, x=x: pool(x),
                                                         args.repeats)}
     else:
       variables = next(iter(variants.values())).init(jax.random.key(1), x)
       variants_seconds = {}
       for label, module in variants.items():
-        apply = jax.jit(module.apply)
+        apply = xla.jit(module.apply)
         variants_seconds[label] = median_seconds(
             lambda apply=apply, variables=variables, x=x: apply(variables, x), args.repeats)
     for label, seconds in variants_seconds.items():

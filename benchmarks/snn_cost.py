@@ -1,4 +1,4 @@
-"""The cost of spiking against the ANN: speed, scaling in T, memory, and the training step.
+"""The cost of spiking against the ANN: speed, scaling in T and memory.
 
     python -m benchmarks.snn_cost                      # VGG-16 and ResNet-20, CIFAR shapes
     python -m benchmarks.snn_cost --models=resnet20 --repeats=3 --out=docs/benchmarks/x.json
@@ -10,7 +10,7 @@ runs after a compile-and-warm-up run; every ratio compares times measured in thi
      ratio = SNN time / (max(T, rho) x ANN forward time), at the first batch size.
   3. Peak memory of the compiled simulation against T (XLA's buffer assignment: arguments,
      outputs and temporaries), at the first batch size, with and without COS.
-  4. Training step (forward + backward + SGD) images/s at batch 128.
+The training step has its own benchmark, `benchmarks.train_step`.
 """
 
 import argparse
@@ -19,35 +19,21 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import cos_jax
 from benchmarks.common import median_seconds, write_result
 from cos_jax import snn as snn_lib
-from cos_jax import training
+from cos_jax import xla
 
 
 def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int:
   chunk = chunk or rho or snn_lib.DEFAULT_CHUNK  # the defaults of calibrate_and_simulate
-  lowered = jax.jit(lambda x: snn_lib._run(
+  lowered = xla.jit(lambda x: snn_lib._run(
       snn, x, steps=T, first_chunk=rho or min(T, chunk), rounds=1 if rho else 0, chunk=chunk,
       shift_values=None, statistics_steps=0)[0]).lower(images)
   stats = lowered.compile().memory_analysis()
   return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
              + stats.temp_size_in_bytes)
-
-
-def train_step_seconds(arch: str, batch: int, repeats: int) -> float:
-  model = cos_jax.create_model(arch, num_classes=10, levels=4)
-  variables = cos_jax.init_variables(model, jax.random.key(0))
-  state = training.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                     tx=optax.sgd(0.01, momentum=0.9),
-                                     batch_stats=variables['batch_stats'])
-  step = jax.jit(functools.partial(training.train_step, mean=(0.5,) * 3, std=(0.25,) * 3))
-  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (batch, 32, 32, 3)), jnp.uint8)
-  labels = jnp.zeros(batch, jnp.int32)
-  key = jax.random.key(1)
-  return median_seconds(lambda: step(state, images, labels, key)[1]['loss'], repeats)
 
 
 def benchmark_model(arch: str, args) -> dict:
@@ -57,8 +43,8 @@ def benchmark_model(arch: str, args) -> dict:
   variables['params'] = jax.tree.map(lambda x: jnp.full_like(x, 2.0) if x.ndim == 0 else x,
                                      variables['params'])
   snn = cos_jax.convert(model, variables)
-  ann = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  result = {'arch': arch, 'ann': {}, 'snn': [], 'memory': [], 'train': {}}
+  ann = xla.jit(lambda v, x: model.apply(v, x, train=False))
+  result = {'arch': arch, 'ann': {}, 'snn': [], 'memory': []}
   rng = np.random.default_rng(0)
   for batch in args.batches if 'ann' in args.parts else ():
     images = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)), jnp.float32)
@@ -81,9 +67,6 @@ def benchmark_model(arch: str, args) -> dict:
     for T in args.memory_Ts:
       result['memory'].append({'T': T, 'batch': batch, 'rho': rho,
                                'peak_bytes': compiled_peak_bytes(snn, images, T, rho, args.chunk)})
-  if 'train' in args.parts:
-    seconds = train_step_seconds(arch, 128, args.repeats)
-    result['train'] = {'batch': 128, 'seconds': seconds, 'images_per_second': 128 / seconds}
   return result
 
 
@@ -104,10 +87,6 @@ def print_tables(results: list[dict]) -> None:
       first = next(m for m in r['memory'] if m['rho'] == v['rho'])['peak_bytes']
       print(f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["peak_bytes"] / 2**20:.1f} | '
             f'{v["peak_bytes"] / first:.2f} |')
-  print('\n| model | train images/s (batch 128) |\n|---|---|')
-  for r in results:
-    if r['train']:
-      print(f'| {r["arch"]} | {r["train"]["images_per_second"]:.1f} |')
 
 
 def main():
@@ -116,7 +95,7 @@ def main():
   parser.add_argument('--batches', default='50,128')
   parser.add_argument('--Ts', default='1,2,4,8,16,32')
   parser.add_argument('--memory_Ts', default='8,16,64,128')
-  parser.add_argument('--parts', default='ann,snn,memory,train',
+  parser.add_argument('--parts', default='ann,snn,memory',
                       help='which measurements (snn needs ann)')
   parser.add_argument('--chunk', type=int, default=0, help='0: the library default')
   parser.add_argument('--repeats', type=int, default=5)

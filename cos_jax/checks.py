@@ -49,3 +49,28 @@ def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
     shown = '; '.join(problems[:20])
     more = f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
     raise ValueError(f'{what} do not fit the model: {shown}{more}.')
+
+
+def check_variables_usable(variables: Mapping) -> None:
+  """Raises ValueError naming every leaf of `params` / `batch_stats` that no network can use.
+
+  Every value must be finite, every BatchNorm variance (`batch_stats/.../var`) > 0 and every
+  QCFS threshold > 0: a NaN kernel or a zero threshold would otherwise turn into an SNN that
+  runs and reports plausible numbers.
+  """
+  problems = []
+  for collection in ('params', 'batch_stats'):
+    for path, value in traverse_util.flatten_dict(dict(variables.get(collection, {}))).items():
+      name = '/'.join((collection,) + path)
+      value = np.asarray(value)
+      if not np.isfinite(value).all():
+        problems.append(f'{name} has {int((~np.isfinite(value)).sum())} NaN or infinite values')
+      elif path[-1] == 'threshold' and not (value > 0).all():
+        problems.append(f'{name} (a QCFS threshold) is {value.tolist()}, must be > 0')
+      elif collection == 'batch_stats' and path[-1] == 'var' and not (value > 0).all():
+        problems.append(f'{name} (a BatchNorm variance) has {int((value <= 0).sum())} values <= 0')
+  if problems:
+    shown = '; '.join(problems[:20])
+    more = f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
+    raise ValueError(f'The variables cannot make a working network: {shown}{more}. Retrain, or '
+                     'check the checkpoint these variables came from.')

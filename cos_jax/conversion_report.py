@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cos_jax import data, parallel
+from cos_jax import data, parallel, xla
 from cos_jax import snn as snn_lib
 
 ENERGY_MAC_PJ = 4.6
@@ -53,7 +53,7 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
   layer_stats = {name: {} for name, _ in methods}
   ann_correct = 0
-  ann_apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
   for start in range(0, n, conversion.batch_size):
     images = data.normalise(split.images[start:start + conversion.batch_size], config.mean,

@@ -1,4 +1,5 @@
-"""The layers shared by the ANN and the SNN: the activation, and a convolution fast on tiny maps.
+"""The layers shared by the ANN and the SNN: the activation, a convolution fast on tiny maps, and a
+BatchNorm whose training-mode statistics are fast on the CPU.
 
 In the ANN (`spiking=None`) it is QCFS. After conversion the same layer, with the same threshold
 parameter, is a layer of IF neurons driven over a chunk of time steps: its input then has an
@@ -11,13 +12,14 @@ threads them through `apply(..., mutable=...)`, so a whole simulation is a pure 
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cos_jax import neuron
+from cos_jax import neuron, xla
 from cos_jax.qcfs import qcfs
 
 INITIAL_THRESHOLD = 8.0
@@ -146,3 +148,78 @@ class Conv(nn.Conv):
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+  """BatchNorm over every axis but the last, with the batch's own statistics.
+
+  Args:
+    x: [..., C] inputs (float32 or wider).
+    scale, bias: [C] affine parameters.
+    epsilon: added to the variance.
+
+  Returns:
+    `(y, mean, var)`: the normalised `x`, and the batch mean and (biased) variance of each
+    channel, computed as `nn.BatchNorm` does (mean of x and of x^2, var = E[x^2] - E[x]^2 >= 0).
+  """
+  return _batch_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_forward(x, scale, bias, epsilon):
+  count = x.size // x.shape[-1]
+  mean = xla.channel_sum(x) / count
+  mean_of_squares = xla.channel_sum(x * x) / count
+  var = jnp.maximum(0.0, mean_of_squares - mean * mean)
+  inverse_std = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (inverse_std * scale) + bias
+  return (y, mean, var), (x, mean, inverse_std, scale)
+
+
+def _batch_norm_backward(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inverse_std, scale = residuals
+  grad_y, grad_mean, grad_var = cotangents
+  count = x.size // x.shape[-1]
+  centred = x - mean
+  normalised = centred * inverse_std
+  grad_bias = xla.channel_sum(grad_y)
+  grad_scale = xla.channel_sum(grad_y * normalised)
+  grad_x = (scale * inverse_std) * (grad_y - (grad_bias + normalised * grad_scale) / count)
+  grad_x = grad_x + (grad_mean + 2.0 * grad_var * centred) / count
+  return grad_x, grad_scale.astype(scale.dtype), grad_bias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_backward)
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` (same variables, same results), faster to train on the CPU.
+
+  With running statistics, and for any option beyond the channels-last defaults the models use,
+  this is `nn.BatchNorm` itself. In training mode the statistics and the backward pass come from
+  `batch_norm_train`, whose reductions are matrix-vector products and whose gradient is the
+  closed form (one pass for the two parameter gradients, one for the input's). The values equal
+  `nn.BatchNorm`'s up to the order of the float sums (`tests/test_layers.py`).
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None):
+    running = nn.merge_param('use_running_average', self.use_running_average,
+                             use_running_average)
+    defaults = (self.axis == -1 and self.axis_name is None and mask is None and self.use_bias
+                and self.use_scale and self.dtype is None and self.use_fast_variance
+                and self.force_float32_reductions)
+    if running or self.is_initializing() or not defaults:
+      return super().__call__(x, use_running_average, mask=mask)
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
+    scale = self.param('scale', self.scale_init, features, self.param_dtype)
+    bias = self.param('bias', self.bias_init, features, self.param_dtype)
+    compute = jnp.promote_types(jnp.float32, jnp.result_type(x, scale, bias))
+    y, mean, var = batch_norm_train(x.astype(compute), scale.astype(compute),
+                                    bias.astype(compute), self.epsilon)
+    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(jnp.result_type(x, scale, bias))

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cos_jax.layers import Activation, Conv, Spiking
+from cos_jax import checks
+from cos_jax.layers import Activation, BatchNorm, Conv, Spiking
 
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
 BN_EPSILON = 1e-5
@@ -46,7 +47,7 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     act = functools.partial(Activation, levels=self.levels, spiking=self.spiking)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+    norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
     for stage, widths in enumerate(self.stages, start=1):
       for index, width in enumerate(widths):
@@ -73,7 +74,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     conv = functools.partial(Conv, self.width, use_bias=False)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+    norm = functools.partial(BatchNorm, use_running_average=not train,
                              momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
     act = functools.partial(Activation, levels=self.levels, spiking=self.spiking)
     strides = (self.stride, self.stride)
@@ -103,7 +104,7 @@ class ResNet(nn.Module):
       x = Conv(self.stem_width, (7, 7), (2, 2), padding=3, use_bias=False, name='stem_conv')(x)
     else:
       x = Conv(self.stem_width, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+    x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      name='stem_bn')(x)
     x = Activation(self.levels, self.spiking, name='stem_act')(x)
     if self.imagenet_stem:
@@ -130,7 +131,7 @@ class TinyNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     for index, width in enumerate(self.widths, start=1):
       x = Conv(width, (3, 3), padding=1, name=f'conv{index}')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+      x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                        name=f'bn{index}')(x)
       x = _average_pool(Activation(self.levels, self.spiking, name=f'act{index}')(x))
     x = Activation(self.levels, self.spiking, name='act_fc')(
@@ -156,6 +157,23 @@ ARCHITECTURES = {
 IMAGENET_SHAPE = (224, 224, 3)
 
 
+def _checked_input_shape(model_class, shape, fields: dict) -> tuple[int, int, int]:
+  """`shape` as (height, width, channels), large enough for the model's pooling stages."""
+  try:
+    shape = tuple(int(side) for side in shape)
+  except (TypeError, ValueError):
+    shape = None
+  if shape is None or len(shape) != 3 or min(shape) < 1:
+    raise ValueError(f'input_shape must be (height, width, channels) of positive integers, got '
+                     f'{shape!r}.')
+  poolings = {VGG: len(fields.get('stages', VGG16_STAGES)),
+              TinyNet: len(fields.get('widths', (8, 16)))}.get(model_class, 0)
+  if min(shape[:2]) < 2 ** poolings:
+    raise ValueError(f'{model_class.__name__} halves its input {poolings} times: input_shape '
+                     f'{shape} needs a height and width of at least {2 ** poolings}.')
+  return shape
+
+
 def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = False,
                  **overrides: Any) -> nn.Module:
   """Builds a QCFS model by name.
@@ -169,10 +187,12 @@ def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = F
   """
   if arch not in ARCHITECTURES:
     raise ValueError(f'Unknown arch {arch!r}: expected one of {sorted(ARCHITECTURES)}.')
-  if levels < 1:
-    raise ValueError(f'levels (L) must be >= 1, got {levels}.')
-  if num_classes < 1:
-    raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
+  checks.check_positive_int('levels (L)', levels)
+  checks.check_positive_int('num_classes', num_classes)
+  if 'input_shape' in overrides:
+    model_class = getattr(ARCHITECTURES[arch], 'func', ARCHITECTURES[arch])
+    overrides['input_shape'] = _checked_input_shape(model_class, overrides['input_shape'],
+                                                    overrides)
   if imagenet:
     overrides.setdefault('input_shape', IMAGENET_SHAPE)
     if arch.startswith('resnet'):
@@ -188,5 +208,5 @@ def abstract_variables(model: nn.Module) -> dict:
 
 def init_variables(model: nn.Module, rng: jax.Array) -> dict:
   """Initial `params` and `batch_stats` for `model`, traced on one image of its input shape."""
-  init = jax.jit(functools.partial(model.init, train=False))
+  init = jax.jit(functools.partial(model.init, train=False))  # also traced inside eval_shape
   return init(rng, jnp.zeros((1,) + tuple(model.input_shape)))

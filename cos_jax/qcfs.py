@@ -6,24 +6,33 @@
 threshold `lambda` included, is differentiated normally. The clip passes the gradient on its
 closed interval [0, 1], as PyTorch's `clamp` does in the reference code (`jnp.clip` would halve
 it at the bounds, which the floor makes common).
+
+The backward pass is written out: with u = floor(z L / lambda + 1/2) / L and `inside` meaning
+0 <= u <= 1,
+
+    dh/dz = inside,    dh/dlambda = clip(u, 0, 1) - inside * z / lambda.
+
+Differentiating the forward formula gives the same values, but through a chain of scalings that
+XLA runs as several passes over the activations; this is one pass for each gradient
+(`tests/test_qcfs.py` checks it against the automatic one).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 
-@jax.custom_jvp
-def floor_straight_through(x: jax.Array) -> jax.Array:
-  """`jnp.floor` in the forward pass, the identity in the backward pass."""
-  return jnp.floor(x)
+def _level(z: jax.Array, threshold: jax.Array, levels: int) -> jax.Array:
+  """u = floor(z L / lambda + 1/2) / L, not yet clipped."""
+  return jnp.floor(z * levels / threshold + 0.5) / levels
 
 
-@floor_straight_through.defjvp
-def _floor_straight_through_jvp(primals, tangents):
-  (x,), (dx,) = primals, tangents
-  return jnp.floor(x), dx
+def _clip_unit(level: jax.Array) -> jax.Array:
+  return jnp.where(level < 0.0, 0.0, jnp.where(level > 1.0, 1.0, level))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def qcfs(z: jax.Array, threshold: jax.Array, levels: int) -> jax.Array:
   """The QCFS activation with `levels` (L) quantization steps and threshold `lambda`.
 
@@ -35,6 +44,20 @@ def qcfs(z: jax.Array, threshold: jax.Array, levels: int) -> jax.Array:
   Returns:
     An array shaped like `z` with values in {0, lambda/L, ..., lambda}.
   """
-  level = floor_straight_through(z * levels / threshold + 0.5) / levels
-  clipped = jnp.where(level < 0.0, 0.0, jnp.where(level > 1.0, 1.0, level))
-  return threshold * clipped
+  return threshold * _clip_unit(_level(z, threshold, levels))
+
+
+def _qcfs_forward(z, threshold, levels):
+  return qcfs(z, threshold, levels), (z, threshold)
+
+
+def _qcfs_backward(levels, residuals, grad):
+  z, threshold = residuals
+  level = _level(z, threshold, levels)
+  inside = (level >= 0.0) & (level <= 1.0)
+  grad_z = jnp.where(inside, grad, jnp.zeros_like(grad))
+  grad_threshold = jnp.sum(grad * (_clip_unit(level) - jnp.where(inside, z / threshold, 0.0)))
+  return grad_z, grad_threshold.astype(threshold.dtype).reshape(jnp.shape(threshold))
+
+
+qcfs.defvjp(_qcfs_forward, _qcfs_backward)

@@ -11,7 +11,6 @@ fires (SPEC section 4). The steps after it continue from the carried potentials,
 and simulating T steps costs max(T, rho) steps of synaptic work, not rho + T.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from cos_jax import checks, models, neuron
+from cos_jax import checks, models, neuron, xla
 from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
@@ -75,10 +74,7 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
   expected = models.abstract_variables(model)
   checks.check_same_tree(variables['params'], expected['params'], 'params')
   checks.check_same_tree(variables['batch_stats'], expected['batch_stats'], 'batch_stats')
-  thresholds = [t for path, t in traverse_util.flatten_dict(variables['params']).items()
-                if path[-1] == 'threshold']
-  if not all(bool(t > 0) for t in thresholds):
-    raise ValueError('every QCFS threshold (lambda) must be > 0 to become an IF threshold.')
+  checks.check_variables_usable(variables)
   return SNN(model=model, variables={'params': variables['params'],
                                      'batch_stats': variables['batch_stats']})
 
@@ -210,8 +206,7 @@ def _summarise(spike_stats: dict, steps: int) -> dict[str, dict[str, jax.Array]]
   return summary
 
 
-@functools.partial(jax.jit, static_argnames=('steps', 'first_chunk', 'rounds', 'chunk',
-                                             'statistics_steps'))
+@xla.jit(static_argnames=('steps', 'first_chunk', 'rounds', 'chunk', 'statistics_steps'))
 def _simulate_jit(snn, images, shift_values, *, steps, first_chunk, rounds, chunk,
                   statistics_steps=0):
   logits, shifts, spike_stats = _run(snn, images, steps=steps, first_chunk=first_chunk,
@@ -225,14 +220,21 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
   if not isinstance(shifts, Shifts):
     raise TypeError('shifts must be the Shifts returned by calibrate, got '
                     f'{type(shifts).__name__}.')
-  if shifts.batch_size != images.shape[0]:
-    raise ValueError(f'shifts were calibrated on a batch of {shifts.batch_size} images, but '
+  checks.check_positive_int('shifts.rho', shifts.rho)
+  checks.check_positive_int('shifts.rounds', shifts.rounds)
+  leaves = jax.tree.leaves(shifts.values)
+  if leaves and np.ndim(leaves[0]) and np.shape(leaves[0])[0] != images.shape[0]:
+    raise ValueError(f'shifts were calibrated on a batch of {np.shape(leaves[0])[0]} images, but '
                      f'{images.shape[0]} images were given: COS shifts are per sample, calibrate '
                      'on the same images you simulate.')
   expected = jax.eval_shape(
       lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=1, chunk=1, shift_values=None,
                      statistics_steps=0)[1], images)
-  checks.check_same_tree(shifts.values, expected, 'shifts')
+  checks.check_same_tree(shifts.values or {}, expected, 'shifts')
+  for path, value in traverse_util.flatten_dict(dict(shifts.values)).items():
+    if not bool(jnp.isfinite(value).all()):
+      raise ValueError(f"shifts.values/{'/'.join(path)} holds NaN or infinite values: "
+                       'recalibrate, or fix the values edited by hand.')
 
 
 def _validated(snn: SNN, images, T: int, chunk: int | None, rho: int = 1, rounds: int = 1):
@@ -259,6 +261,9 @@ def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
       QCFS conversion (every neuron starts at theta / 2).
     chunk: time steps per chunk; memory grows with it, not with T. By default rho with
       shifts (so the run never holds more steps than calibration did), else DEFAULT_CHUNK.
+      A chunk's layers hold all of its steps' activations at once: a chunk of hundreds of
+      steps needs hundreds of times the activation memory of one ANN forward; its compile
+      time stays that of `neuron.MAX_UNROLL` steps.
 
   Returns:
     [T, B, num_classes] logits y(t) of each step (not summed): the prediction after t steps is
@@ -281,7 +286,8 @@ def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
   Args:
     snn: the network from `convert`.
     images: [B, H, W, C] normalised images; the shifts are per sample, for these images.
-    rho: the pre-simulation length (>= 1).
+    rho: the pre-simulation length (>= 1). The rho steps are one chunk: memory grows with rho
+      (see `simulate`'s `chunk`), compile time stays that of `neuron.MAX_UNROLL` steps.
     rounds: rounds of the COS rule (1 is the published method).
 
   Returns:

@@ -1,0 +1,245 @@
+"""The training step against its own eval forward, against PyTorch, and inside train.py's loop.
+
+    python -m benchmarks.train_step                       # ResNet-20 and VGG-16, batch 128
+    python -m benchmarks.train_step --models=resnet20 --parts=step,loop --repeats=5
+
+Everything is measured in this one run, so the ratios hold on a noisy machine; times are medians
+of --repeats runs after a compile-and-warm-up run. CIFAR shapes, random initialisation, the
+published optimizer (`configs/cifar10.py`: SGD with momentum and weight decay, cosine decay).
+  step:  cos_jax's `train_step` as train.py runs it (cos_jax.xla.jit, train state donated), its
+         eval forward (`model.apply(train=False)`) on the same batch, step / forward, and the
+         same step under plain `jax.jit` (XLA's default CPU options) for the before/after.
+  torch: the PyTorch reference's step (`benchmarks.torch_reference`, 2 threads) in a
+         subprocess between two halves of the cos_jax repeats; skipped when torch is missing.
+  parts: the pieces at ResNet-20's and VGG-16's first-stage shapes (batch 128), forward and
+         backward: a 3x3 convolution (forward, input gradient, weight gradient: the floor under
+         step / forward), BatchNorm in training mode (`nn.BatchNorm` against cos_jax's) and QCFS
+         (its formula differentiated automatically against cos_jax's written-out backward).
+  loop:  `train_and_evaluate` for --loop_steps steps on synthetic CIFAR-shaped data with the full
+         augmentation (crop, flip, AutoAugment, Cutout): the images/s it logs, after the first
+         log window (which holds the compile), against the bare step.
+"""
+
+import argparse
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import write_result
+from configs import cifar10
+from cos_jax import training, xla
+from cos_jax.layers import BatchNorm
+from cos_jax.qcfs import qcfs
+
+TORCH_MISSING = 3  # benchmarks.torch_reference's exit status without torch
+
+
+def _config(arch: str, batch: int):
+  config = cifar10.get_config()
+  config.arch = arch
+  config.batch_size = batch
+  return config
+
+
+def _timed(fn, repeats: int) -> list[float]:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def _state_stepper(step, state, *args):
+  """A no-argument function running the donating step on the state it last returned."""
+  holder = [state]
+
+  def run():
+    holder[0], metrics = step(holder[0], *args)
+    return metrics['loss']
+
+  return run
+
+
+def _torch_seconds(arch: str, batch: int, repeats: int) -> float | None:
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.torch_reference', f'--models={arch}',
+       f'--batch={batch}', f'--repeats={repeats}'], capture_output=True, text=True, check=False)
+  if result.returncode == TORCH_MISSING:
+    return None
+  if result.returncode:
+    raise RuntimeError(f'benchmarks.torch_reference failed:\n{result.stderr[-2000:]}')
+  return json.loads(result.stdout.strip().splitlines()[-1])['seconds']
+
+
+def measure_step(arch: str, args) -> dict:
+  config = _config(arch, args.batch)
+  model = training.create_model(config)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (args.batch, 32, 32, 3)), jnp.uint8)
+  labels = jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)
+  normalised = training._normalise_on_device(images, config.mean, config.std)
+  key = jax.random.key(1)
+  step = functools.partial(training.train_step, mean=tuple(config.mean), std=tuple(config.std))
+
+  def new_state():
+    return training.create_train_state(config, model, 390, jax.random.key(0))
+
+  steppers = {'cos_jax': _state_stepper(xla.jit(step, donate_argnums=0), new_state(), images,
+                                        labels, key)}
+  if 'plain_jit' in args.parts:
+    steppers['plain_jit'] = _state_stepper(jax.jit(step, donate_argnums=0), new_state(), images,
+                                           labels, key)
+  state = new_state()
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  forward = xla.jit(lambda v, x: model.apply(v, x, train=False))
+  timed = {'forward': functools.partial(forward, variables, normalised), **steppers}
+  for fn in timed.values():
+    jax.block_until_ready(fn())  # compile and warm up
+  times = {name: [] for name in timed}
+  half = (args.repeats + 1) // 2
+  torch_seconds = None
+  for part in (half, args.repeats - half):
+    for name, fn in timed.items():
+      times[name] += _timed(fn, part)
+    if torch_seconds is None and 'torch' in args.parts:
+      torch_seconds = _torch_seconds(arch, args.batch, args.repeats)
+  seconds = {name: statistics.median(t) for name, t in times.items()}
+  result = {'arch': arch, 'batch': args.batch,
+            'step_seconds': seconds['cos_jax'], 'forward_seconds': seconds['forward'],
+            'step_images_per_second': args.batch / seconds['cos_jax'],
+            'forward_images_per_second': args.batch / seconds['forward'],
+            'step_over_forward': seconds['cos_jax'] / seconds['forward']}
+  if 'plain_jit' in seconds:
+    result['plain_jit_step_seconds'] = seconds['plain_jit']
+    result['plain_jit_step_images_per_second'] = args.batch / seconds['plain_jit']
+  if torch_seconds is not None:
+    result['torch_step_seconds'] = torch_seconds
+    result['torch_step_images_per_second'] = args.batch / torch_seconds
+    result['torch_over_cos_jax'] = torch_seconds / seconds['cos_jax']
+  print(json.dumps(result), flush=True)
+  return result
+
+
+def _plain_qcfs(z, threshold, levels):
+  """SPEC section 1's formula with a straight-through floor, for automatic differentiation."""
+  floor = z * levels / threshold + 0.5
+  floor = floor + jax.lax.stop_gradient(jnp.floor(floor) - floor)
+  level = floor / levels
+  return threshold * jnp.where(level < 0.0, 0.0, jnp.where(level > 1.0, 1.0, level))
+
+
+def measure_parts(args) -> list[dict]:
+  """Forward and backward times of the step's pieces at two first-stage shapes."""
+  rows = []
+  for shape in ((args.batch, 32, 32, 16), (args.batch, 32, 32, 64)):
+    x = jax.random.normal(jax.random.key(0), shape) * 2.0
+    weights = jax.random.normal(jax.random.key(1), shape)
+    kernel = jax.random.normal(jax.random.key(2), (3, 3, shape[-1], shape[-1])) * 0.1
+
+    def conv(k, x):
+      return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+    cases = {
+        'conv3x3 forward': (conv, (kernel, x)),
+        'conv3x3 input gradient': (lambda k, x, g: jax.vjp(lambda x: conv(k, x), x)[1](g)[0],
+                                   (kernel, x, weights)),
+        'conv3x3 weight gradient': (lambda k, x, g: jax.vjp(lambda k: conv(k, x), k)[1](g)[0],
+                                    (kernel, x, weights)),
+    }
+    for label, module in (('nn.BatchNorm', nn.BatchNorm), ('cos_jax BatchNorm', BatchNorm)):
+      bn = module(use_running_average=False, momentum=0.9, epsilon=1e-5)
+      variables = bn.init(jax.random.key(0), x)
+
+      def bn_vjp(params, x, g, bn=bn, stats=variables['batch_stats']):
+        apply = lambda p, x: bn.apply({'params': p, 'batch_stats': stats}, x,
+                                      mutable=['batch_stats'])[0]
+        return jax.vjp(apply, params, x)[1](g)
+
+      cases[f'{label} forward + backward'] = (bn_vjp, (variables['params'], x, weights))
+    for label, activation in (('QCFS, automatic backward', _plain_qcfs),
+                              ('QCFS, cos_jax backward', qcfs)):
+      cases[f'{label}'] = (
+          lambda t, x, g, activation=activation: jax.vjp(
+              lambda t, x: activation(x, t, 4), t, x)[1](g), (jnp.float32(2.0), x, weights))
+    for name, (fn, fn_args) in cases.items():
+      compiled = xla.jit(fn)
+      jax.block_until_ready(compiled(*fn_args))
+      seconds = statistics.median(_timed(functools.partial(compiled, *fn_args), args.repeats))
+      rows.append({'shape': list(shape), 'part': name, 'seconds': seconds})
+      print(f'{shape} {name}: {1000 * seconds:.2f} ms', flush=True)
+  return rows
+
+
+def measure_loop(arch: str, args) -> dict:
+  """train.py's logged images/s on synthetic data with the full augmentation."""
+  config = _config(arch, args.batch)
+  config.data_source = 'synthetic'
+  config.synthetic_train_size = args.batch * args.loop_steps
+  config.synthetic_test_size = config.eval_batch_size
+  config.num_epochs = 1
+  config.log_every_steps = args.loop_log_every
+  config.checkpoint_every_steps = 10**9
+  config.eval_every_epochs = 0
+  config.conversion.enabled = False
+  with tempfile.TemporaryDirectory() as workdir:
+    training.train_and_evaluate(config, workdir)
+    records = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').open()]
+  rates = [r['images_per_second'] for r in records if 'images_per_second' in r][1:]
+  return {'arch': arch, 'batch': args.batch, 'steps': args.loop_steps,
+          'logged_images_per_second': statistics.median(rates), 'windows': len(rates)}
+
+
+def print_tables(steps: list[dict], loops: list[dict]) -> None:
+  print('\n| model | step images/s | forward images/s | step / forward | plain jax.jit step '
+        'images/s | PyTorch step images/s | PyTorch time / cos_jax time |')
+  print('|---|---|---|---|---|---|---|')
+  for r in steps:
+    cells = [r.get('plain_jit_step_images_per_second'), r.get('torch_step_images_per_second'),
+             r.get('torch_over_cos_jax')]
+    plain, torch, ratio = ('-' if v is None else f'{v:.2f}' for v in cells)
+    print(f'| {r["arch"]} | {r["step_images_per_second"]:.1f} | '
+          f'{r["forward_images_per_second"]:.1f} | {r["step_over_forward"]:.2f} | {plain} | '
+          f'{torch} | {ratio} |')
+  if loops:
+    print('\n| model | train.py logged images/s | bare step images/s | logged / bare |')
+    print('|---|---|---|---|')
+  for loop in loops:
+    bare = next((r for r in steps if r['arch'] == loop['arch']), None)
+    bare_rate = bare['step_images_per_second'] if bare else float('nan')
+    print(f'| {loop["arch"]} | {loop["logged_images_per_second"]:.1f} | {bare_rate:.1f} | '
+          f'{loop["logged_images_per_second"] / bare_rate:.2f} |')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='resnet20,vgg16')
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--parts', default='step,plain_jit,torch,parts,loop')
+  parser.add_argument('--repeats', type=int, default=6)
+  parser.add_argument('--loop_steps', type=int, default=60)
+  parser.add_argument('--loop_log_every', type=int, default=10)
+  parser.add_argument('--out', default='docs/benchmarks/train_step.json')
+  args = parser.parse_args()
+  args.parts = set(args.parts.split(','))
+  archs = args.models.split(',')
+  steps = [measure_step(arch, args) for arch in archs] if 'step' in args.parts else []
+  parts = measure_parts(args) if 'parts' in args.parts else []
+  loops = [measure_loop(arch, args) for arch in archs] if 'loop' in args.parts else []
+  print_tables(steps, loops)
+  write_result(args.out, repeats=args.repeats, steps=steps, parts=parts, loops=loops)
+
+
+if __name__ == '__main__':
+  main()
