@@ -17,6 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Model.
   config.arch = 'vgg16'  # vgg16 | resnet18 | resnet20 | resnet34 | tiny
   config.levels = 4  # QCFS quantization levels L
+  # Training at other L first: 'fraction:L,fraction:L,...', each L from that fraction of the
+  # training steps on, ending with `levels` (e.g. '0:32,0.6:4'); '' trains at `levels` throughout.
+  config.levels_schedule = ''
+  config.threshold_init = 'constant'  # constant (8.0, SPEC section 1) | percentile (from data)
+  config.threshold_percentile = 99.0  # percentile: of each layer's input, layer by layer
+  config.threshold_init_examples = 256  # percentile: training images it is computed on
   config.imagenet = False  # ImageNet variant of the architecture (224 px input)
   config.model_kwargs = ml_collections.ConfigDict()  # extra model fields, e.g. dropout_rate
   # Data.
@@ -38,9 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_epochs = 300
   config.learning_rate = 0.1
-  config.warmup_epochs = 0
+  config.lr_schedule = 'cosine'  # cosine | linear, both to 0 after the warm-up
+  config.warmup_epochs = 0.0  # linear warm-up from 0 (may be fractional)
   config.momentum = 0.9
-  config.weight_decay = 5e-4  # on every parameter, the QCFS thresholds included
+  config.nesterov = False
+  config.weight_decay = 5e-4
+  config.weight_decay_on = 'all'  # all (the QCFS thresholds included) | kernels (convs, dense)
+  config.label_smoothing = 0.0
   config.seed = 0
   # Bookkeeping.
   config.log_every_steps = 100

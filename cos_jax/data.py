@@ -143,21 +143,34 @@ def _load_cifar_pickle(config) -> Dataset:
   return Dataset(train, test, num_classes, names)
 
 
-def _decode_folder(split_dir: Path, classes: list[str], image_size: int) -> Split:
+def _decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
+  """One image file as uint8 [image_size, image_size, channels]; DataError naming the file."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image.load()
+      if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16-bit: keep the top 8 bits
+        wide = np.asarray(image, np.int64)
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), 'L')
+      image = image.convert('RGB' if channels == 3 else 'L')
+      if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.BILINEAR)
+      return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+  except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for damaged files
+    raise DataError(f'image_folder: cannot decode {path} ({type(error).__name__}: {error}); '
+                    'replace or remove the file.') from error
+
+
+def _decode_folder(split_dir: Path, classes: list[str], image_size: int,
+                   channels: int) -> Split:
   images, labels = [], []
   for label, name in enumerate(classes):
     files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    for path in files:
-      with Image.open(path) as image:
-        image = image.convert('RGB')
-        if image.size != (image_size, image_size):
-          image = image.resize((image_size, image_size), Image.BILINEAR)
-        images.append(np.asarray(image, np.uint8))
-      labels.append(label)
-  if not images:
-    raise DataError(f'image_folder: no {"/".join(IMAGE_SUFFIXES)} files under '
-                    f'{split_dir}/<class>/.')
+    if not files:
+      raise DataError(f'image_folder: the class folder {split_dir / name} holds no '
+                      f'{"/".join(IMAGE_SUFFIXES)} files: add its images or remove the folder.')
+    images += [_decode_image(path, image_size, channels) for path in files]
+    labels += [label] * len(files)
   return Split(np.stack(images), np.asarray(labels, np.int32))
 
 
@@ -175,13 +188,16 @@ def _load_image_folder(config) -> Dataset:
   if test_classes != classes:
     raise DataError(f'image_folder: the class folders of {split_dirs[config.test_split]} '
                     f'({test_classes}) differ from those of {split_dirs["train"]} ({classes}).')
-  image_size = config.input_shape[0]
-  cache = _cache_path(config, root, image_size)
+  image_size, channels = config.input_shape[0], config.input_shape[2]
+  if channels not in (1, 3):
+    raise DataError(f'image_folder decodes to 1 (grayscale) or 3 (RGB) channels; input_shape '
+                    f'{tuple(config.input_shape)} asks for {channels}.')
+  cache = _cache_path(config, root, image_size, channels)
   if cache.is_file():
     with np.load(cache) as arrays:
       splits = [Split(arrays[f'{s}_images'], arrays[f'{s}_labels']) for s in ('train', 'test')]
   else:
-    splits = [_decode_folder(split_dirs[s], classes, image_size)
+    splits = [_decode_folder(split_dirs[s], classes, image_size, channels)
               for s in ('train', config.test_split)]
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix('.partial.npz')
@@ -191,10 +207,12 @@ def _load_image_folder(config) -> Dataset:
   return Dataset(splits[0], splits[1], len(classes), tuple(classes))
 
 
-def _cache_path(config, root: Path, image_size: int) -> Path:
-  """The decoded-array cache of an image folder, keyed by its path, listing and image size."""
-  listing = sorted(str(p.relative_to(root)) for p in root.glob('*/*/*'))
-  key = hashlib.sha256(f'{root.resolve()}|{image_size}|{config.test_split}|'
+def _cache_path(config, root: Path, image_size: int, channels: int) -> Path:
+  """The decoded-array cache of an image folder, keyed by its path, the image size and channels,
+  and every file's name, size and modification time (an image replaced in place is seen)."""
+  listing = sorted(f'{p.relative_to(root)}|{p.stat().st_size}|{p.stat().st_mtime_ns}'
+                   for p in root.glob('*/*/*'))
+  key = hashlib.sha256(f'{root.resolve()}|{image_size}|{channels}|{config.test_split}|'
                        f'{chr(10).join(listing)}'.encode()).hexdigest()[:16]
   cache_dir = Path(config.get('cache_dir') or '~/.cache/cos_jax').expanduser()
   return cache_dir / f'image_folder_{key}.npz'

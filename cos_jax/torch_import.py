@@ -8,6 +8,7 @@ PyTorch flattens feature maps as (C, H, W) where Flax flattens (H, W, C).
 """
 
 import re
+import zipfile
 from pathlib import Path
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from cos_jax import models
+from cos_jax import checks, models
 
 # Flax leaf name -> PyTorch leaf name, per layer kind.
 _LEAF_NAMES = {
@@ -136,8 +137,18 @@ def state_dict_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+def _check_has_reference(model: nn.Module) -> None:
+  if not isinstance(model, (models.VGG, models.ResNet)):
+    raise ValueError(f'{type(model).__name__} has no PyTorch reference layout: only VGG and the '
+                     'ResNets (vgg16, resnet18, resnet20, resnet34) import and export.')
+
+
 def export_state_dict(model: nn.Module, variables: dict) -> dict[str, np.ndarray]:
   """The PyTorch state_dict (numpy arrays, PyTorch names and layouts) of a cos_jax model."""
+  _check_has_reference(model)
+  expected = models.abstract_variables(model)
+  for collection in ('params', 'batch_stats'):
+    checks.check_same_tree(variables.get(collection, {}), expected[collection], collection)
   state_dict = {}
   for key, collection, path, leaf, kind, _ in _expected_keys(model):
     value = traverse_util.flatten_dict(variables[collection])[path + (leaf,)]
@@ -151,15 +162,25 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise FileNotFoundError(f'No checkpoint file at {path}.')
   if path.suffix == '.npz':
-    with np.load(path) as arrays:
-      return {key: arrays[key] for key in arrays.files}
+    try:
+      with np.load(path) as arrays:
+        return {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+      raise ValueError(f'{path} is not a readable .npz archive ({type(error).__name__}: '
+                       f'{error}): a checkpoint in .npz form is np.savez(path, **state_dict), one '
+                       'array per PyTorch state_dict key.') from error
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ImportError(f'Reading {path.name} needs PyTorch: pip install "cos_jax[torch]", or save '
                       'the state_dict as .npz: np.savez(path, **{k: v.numpy() for k, v in '
                       'state_dict.items()}).') from error
-  loaded = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    loaded = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as error:  # torch raises many types for a damaged or foreign file
+    raise ValueError(f'{path} is not a readable PyTorch checkpoint ({type(error).__name__}: '
+                     f'{error}): expected a file written by torch.save(model.state_dict(), '
+                     'path).') from error
   for wrapper in ('state_dict', 'model', 'net'):
     if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
       loaded = loaded[wrapper]
@@ -188,7 +209,9 @@ def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray])
   for key, collection, path, leaf, kind, shape in expected:
     flat[(collection,) + path + (leaf,)] = jnp.asarray(
         _from_torch(model, kind, path, leaf, state_dict[key], shape))
-  return traverse_util.unflatten_dict(flat)
+  variables = traverse_util.unflatten_dict(flat)
+  checks.check_variables_usable(variables)
+  return variables
 
 
 def load_torch_checkpoint(path, arch: str, num_classes: int, L: int, *, imagenet: bool = False,
@@ -206,8 +229,7 @@ def load_torch_checkpoint(path, arch: str, num_classes: int, L: int, *, imagenet
   Returns:
     `(model, variables)`, with `model.apply(variables, images, train=False)` the QCFS ANN.
   """
-  if arch == 'tiny':
-    raise ValueError("arch 'tiny' has no PyTorch reference; choose vgg16 or resnet18/20/34.")
   model = models.create_model(arch, num_classes=num_classes, levels=L, imagenet=imagenet,
                               **model_overrides)
+  _check_has_reference(model)
   return model, state_dict_to_variables(model, _read_state_dict(Path(path).expanduser()))

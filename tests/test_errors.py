@@ -1,11 +1,14 @@
 """Bad input gets an error that names the problem and the expected value, before any compile."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import cos_jax
+from configs import test as test_config
+from cos_jax import training
 
 
 @pytest.fixture(scope='module')
@@ -61,11 +64,37 @@ def test_shifts_from_another_batch(snn):
     cos_jax.simulate(snn, GOOD, 4, shifts=shifts.values)
 
 
-def test_unknown_arch_and_levels():
-  with pytest.raises(ValueError, match="Unknown arch 'vgg11'.*resnet20"):
-    cos_jax.create_model('vgg11', num_classes=10, levels=4)
-  with pytest.raises(ValueError, match='levels'):
-    cos_jax.create_model('vgg16', num_classes=10, levels=0)
+@pytest.mark.parametrize('kwargs,message', [
+    ({'arch': 'vgg11'}, "Unknown arch 'vgg11'.*resnet20"),
+    ({'levels': 0}, r'levels \(L\) must be an integer >= 1, got 0'),
+    ({'levels': 2.5}, r'levels \(L\) must be an integer >= 1, got 2.5'),
+    ({'num_classes': 10.0}, 'num_classes must be an integer >= 1, got 10.0'),
+    ({'input_shape': (32, 32)}, r'input_shape must be \(height, width, channels\)'),
+    ({'input_shape': (32, 0, 3)}, r'input_shape must be \(height, width, channels\)'),
+    ({'input_shape': (16, 16, 3)}, 'VGG halves its input 5 times.*at least 32'),
+])
+def test_create_model_refuses_bad_arguments(kwargs, message):
+  kwargs = {'arch': 'vgg16', 'num_classes': 10, 'levels': 4, **kwargs}
+  with pytest.raises(ValueError, match=message):
+    cos_jax.create_model(kwargs.pop('arch'), **kwargs)
+
+
+@pytest.mark.parametrize('edit,message', [
+    (lambda s: s.replace(rho=0), 'shifts.rho must be an integer >= 1, got 0'),
+    (lambda s: s.replace(rounds=-1), 'shifts.rounds must be an integer >= 1, got -1'),
+    (lambda s: s.replace(values={}), 'shifts do not fit the model: missing act1/shift'),
+    (lambda s: s.replace(values=jax.tree.map(lambda v: v.at[0].set(jnp.nan), s.values)),
+     'shifts.values/act1/shift holds NaN'),
+])
+def test_shifts_edited_by_hand(snn, edit, message):
+  shifts = edit(cos_jax.calibrate(snn, GOOD, rho=2))
+  with pytest.raises(ValueError, match=message):
+    cos_jax.simulate(snn, GOOD, 4, shifts=shifts)
+
+
+def test_bfloat16_images_are_accepted(snn):
+  logits = cos_jax.simulate(snn, GOOD.astype(jnp.bfloat16), 2)
+  assert logits.shape == (2, 2, 5)
 
 
 def test_convert_checks_variables(tiny_net):
@@ -77,6 +106,31 @@ def test_convert_checks_variables(tiny_net):
     cos_jax.convert(tiny_net.model, {**tiny_net.variables, 'params': params})
   with pytest.raises(TypeError, match='cos_jax QCFS model'):
     cos_jax.convert(object(), tiny_net.variables)
+
+
+@pytest.mark.parametrize('collection,layer,leaf,value,message', [
+    ('params', 'conv1', 'kernel', np.nan, r'params/conv1/kernel has 1 NaN or infinite'),
+    ('params', 'act2', 'threshold', np.inf, r'params/act2/threshold has 1 NaN or infinite'),
+    ('params', 'act1', 'threshold', 0.0, r'params/act1/threshold \(a QCFS threshold\) is 0.0'),
+    ('batch_stats', 'bn2', 'var', -1.0, r'batch_stats/bn2/var \(a BatchNorm variance\) has 1'),
+])
+def test_broken_variables_are_refused_naming_the_leaf(tiny_net, tmp_path, collection, layer,
+                                                      leaf, value, message):
+  broken = jax.tree.map(np.array, tiny_net.variables)
+  target = broken[collection][layer][leaf]
+  target.reshape(-1)[0] = value
+  broken[collection][layer][leaf] = target
+  with pytest.raises(ValueError, match=message):
+    cos_jax.convert(tiny_net.model, broken)
+  if layer.startswith('act') or collection == 'batch_stats':
+    return
+  model = cos_jax.create_model('resnet20', num_classes=10, levels=4)
+  state_dict = {key: np.array(value) for key, value in cos_jax.export_state_dict(
+      model, cos_jax.init_variables(model, jax.random.key(0))).items()}
+  state_dict['conv2_x.1.residual_function.3.weight'][0, 0, 0, 0] = value
+  np.savez(tmp_path / 'broken.npz', **state_dict)
+  with pytest.raises(ValueError, match='stage1_block1/conv2/kernel has 1 NaN'):
+    cos_jax.load_torch_checkpoint(tmp_path / 'broken.npz', arch='resnet20', num_classes=10, L=4)
 
 
 def test_simulation_compiles_once_per_shape(snn):
@@ -91,3 +145,32 @@ def test_simulation_compiles_once_per_shape(snn):
   finally:
     cos_jax.snn._run = original
     cos_jax.snn._simulate_jit.clear_cache()
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'conversion.rhos': (0, 2)}, r'conversion.rhos=\(0, 2\) \(integers >= 1'),
+    ({'conversion.max_T': 0}, r'conversion.max_T=0 \(an integer >= 1\)'),
+    ({'conversion.statistics_T': 9}, r'conversion.statistics_T=9 \(an integer from 0 \(off\) to '
+                                      r'max_T=4\)'),
+    ({'conversion.batch_size': 0}, r'conversion.batch_size=0'),
+    ({'conversion.num_examples': 0}, r'conversion.num_examples=0 \(-1 for the whole test set'),
+    ({'batch_size': 0}, r'batch_size=0 \(an integer >= 1\)'),
+    ({'log_every_steps': 0}, r'log_every_steps=0'),
+    ({'checkpoint_every_steps': 0}, r'checkpoint_every_steps=0'),
+    ({'eval_batch_size': 0}, r'eval_batch_size=0'),
+    ({'learning_rate': -0.1}, r'learning_rate=-0.1 \(a number > 0\)'),
+    ({'lr_schedule': 'step'}, r"lr_schedule='step' \(one of \['cosine', 'linear'\]\)"),
+    ({'std': (0.5, 0.5)}, r'std=\(0.5, 0.5\) \(1 numbers, one per channel\)'),
+    ({'data_source': 'image_folder'}, r"data_dir='' \(the data folder"),
+])
+def test_config_errors_come_first_and_name_the_field(tmp_path, overrides, message):
+  config = test_config.get_config()
+  for field, value in overrides.items():
+    target = config
+    *parents, leaf = field.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()  # refused before anything was written

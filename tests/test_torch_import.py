@@ -128,3 +128,23 @@ def test_missing_file_and_tiny_arch(tmp_path):
     cos_jax.load_torch_checkpoint(tmp_path / 'none.npz', arch='vgg16', num_classes=10, L=4)
   with pytest.raises(ValueError, match='no PyTorch reference'):
     cos_jax.load_torch_checkpoint(tmp_path / 'none.npz', arch='tiny', num_classes=10, L=4)
+
+
+@pytest.mark.parametrize('content', [b'', b'not a zip archive', b'PK\x03\x04 truncated'])
+def test_unreadable_npz_names_the_file(tmp_path, content):
+  path = tmp_path / 'broken.npz'
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=r'broken.npz is not a readable .npz archive.*np.savez'):
+    cos_jax.load_torch_checkpoint(path, arch='resnet20', num_classes=10, L=4)
+
+
+def test_export_refuses_what_does_not_fit():
+  tiny = cos_jax.create_model('tiny', num_classes=3, levels=4)
+  with pytest.raises(ValueError, match='TinyNet has no PyTorch reference'):
+    cos_jax.export_state_dict(tiny, cos_jax.init_variables(tiny, _key()))
+  model = cos_jax.models.ResNet(num_classes=3, levels=2, stage_sizes=(1, 1), widths=(4, 8),
+                                strides=(1, 2), stem_width=4, input_shape=(8, 8, 3))
+  other = cos_jax.models.ResNet(num_classes=5, levels=2, stage_sizes=(1, 1), widths=(4, 8),
+                                strides=(1, 2), stem_width=4, input_shape=(8, 8, 3))
+  with pytest.raises(ValueError, match=r'do not fit the model: .*head/kernel has shape \(8, 5\)'):
+    cos_jax.export_state_dict(model, cos_jax.init_variables(other, _key()))

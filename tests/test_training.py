@@ -3,6 +3,8 @@
 import json
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,12 +12,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 import cos_jax
 from configs import test as test_config
-from cos_jax import augment, data, torch_import, training
+from cos_jax import augment, data, torch_import, training, workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +164,7 @@ def test_cifar_pickle_source(tmp_path):
     data.load(_config(dataset='cifar10', data_source='cifar_pickle', data_dir=str(tmp_path)))
 
 
-def test_image_folder_source_decodes_once_into_a_cache(tmp_path):
+def test_image_folder_source_decodes_once_into_a_cache(tmp_path, monkeypatch):
   root = tmp_path / 'images'
   for split in ('train', 'test'):
     for label, name in enumerate(['cat', 'ant']):
@@ -177,10 +180,52 @@ def test_image_folder_source_decodes_once_into_a_cache(tmp_path):
   assert list(dataset.train.labels) == [0, 0, 0, 1, 1, 1]
   assert dataset.train.images[0, 0, 0, 0] == 40  # ant is label 1 in the writer: value 40 + 10 i
   assert len(list((tmp_path / 'cache').glob('*.npz'))) == 1
-  for path in (root / 'train' / 'cat').iterdir():
-    path.write_bytes(b'')  # a cache hit must not read the images again
+  decode = data._decode_image
+
+  def no_decoding(*args):
+    raise AssertionError('a cache hit must not read the images again')
+
+  monkeypatch.setattr(data, '_decode_image', no_decoding)
   again = data.load(config)
   np.testing.assert_array_equal(again.train.images, dataset.train.images)
+  # An image replaced in place (same name) is decoded anew, not served stale from the cache.
+  monkeypatch.setattr(data, '_decode_image', decode)
+  Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / 'train' / 'ant' / '0.png')
+  assert data.load(config).train.images[0, 0, 0, 0] == 7
+
+
+def _image_folder(root: Path, write_first) -> None:
+  for split in ('train', 'test'):
+    for name in ('a', 'b'):
+      (root / split / name).mkdir(parents=True)
+      for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 60, np.uint8)).save(root / split / name / f'{i}.png')
+  write_first(root / 'train' / 'a' / '0.png')
+
+
+def test_image_folder_data_errors_name_the_file(tmp_path):
+  def load(root, **overrides):
+    return data.load(_config(**{'data_source': 'image_folder', 'data_dir': str(root),
+                                'input_shape': (8, 8, 3), 'cache_dir': str(tmp_path / 'cache'),
+                                **overrides}))
+
+  truncated = tmp_path / 'truncated'
+  _image_folder(truncated, lambda path: path.with_suffix('.jpg').write_bytes(
+      b'\xff\xd8\xff\xe0' + b'\x00' * 20))
+  with pytest.raises(data.DataError, match=r'cannot decode .*truncated/train/a/0.jpg'):
+    load(truncated)
+  empty = tmp_path / 'empty'
+  _image_folder(empty, lambda path: None)
+  (empty / 'train' / 'c').mkdir()
+  (empty / 'test' / 'c').mkdir()
+  with pytest.raises(data.DataError, match=r'class folder .*empty/train/c holds no'):
+    load(empty)
+  deep = tmp_path / 'deep'
+  _image_folder(deep, lambda path: Image.fromarray(
+      np.full((8, 8), 40000, np.uint16)).save(path))
+  assert load(deep).train.images[0, 0, 0, 0] == 40000 >> 8  # 16 bits -> the top 8
+  gray = load(deep, input_shape=(8, 8, 1), mean=(0.5,), std=(0.5,))
+  assert gray.train.images.shape == (4, 8, 8, 1)
 
 
 def test_missing_data_folders_say_what_was_expected(tmp_path):
@@ -288,3 +333,121 @@ def test_eight_devices_give_the_single_device_results(tmp_path):
   assert outcome['difference'] < 1e-5
   assert outcome['ann'][0] == outcome['ann'][1]
   assert outcome['accuracies'][0] == outcome['accuracies'][1]
+
+
+HOLD_LOCK_SCRIPT = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from cos_jax import workdir
+    with workdir.exclusive(Path(sys.argv[1])):
+      print('locked', flush=True)
+      time.sleep(600)
+''')
+
+
+def test_a_second_process_on_a_workdir_is_refused_until_the_first_dies(tmp_path):
+  process = subprocess.Popen([sys.executable, '-c', HOLD_LOCK_SCRIPT, str(tmp_path)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+  try:
+    assert process.stdout.readline().strip() == 'locked'
+    with pytest.raises(workdir.WorkdirBusyError, match=f'in use by another process '
+                                                       f'\\(pid {process.pid}\\)'):
+      training.train_and_evaluate(_config(), str(tmp_path))
+  finally:
+    process.kill()  # SIGKILL: the operating system releases the lock
+    process.wait()
+  with workdir.exclusive(tmp_path):
+    pass
+
+
+def _copy_of(finished_run, tmp_path) -> Path:
+  copy = tmp_path / 'run'
+  shutil.copytree(finished_run[0], copy)
+  return copy
+
+
+def test_resume_refuses_another_config_naming_the_fields(finished_run, tmp_path):
+  run = _copy_of(finished_run, tmp_path)
+  with pytest.raises(ValueError, match=r'another config \(learning_rate: 0.2 in the run, 0.3 '
+                                       r'now; seed: 0 in the run, 1 now\)'):
+    training.train_and_evaluate(_config(learning_rate=0.3, seed=1), str(run))
+  # What may change does not stop it: the finished run is simply evaluated again.
+  state = training.train_and_evaluate(_config(log_every_steps=2), str(run))
+  assert int(state.step) == 16
+
+
+@pytest.mark.parametrize('damage', ['empty step folder', 'missing file'])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(finished_run, tmp_path, damage,
+                                                                  capsys):
+  run = _copy_of(finished_run, tmp_path)
+  steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  latest = run / 'checkpoints' / str(steps[-1])
+  if damage == 'empty step folder':
+    shutil.rmtree(latest)
+    latest.mkdir()
+  else:
+    (latest / 'default' / 'manifest.ocdbt').unlink()
+  _, variables = training.restore_variables(_config(), run)
+  assert f'Skipped the damaged checkpoint of step {steps[-1]}' in capsys.readouterr().out
+  np.testing.assert_array_equal(variables['params']['head']['bias'],
+                                restored_at(run, steps[-2])['params']['head']['bias'])
+  # Training resumes from the whole one, sets the damaged one aside and ends as it should have.
+  state = training.train_and_evaluate(_config(), str(run))
+  assert f'Moved the damaged checkpoint of step {steps[-1]}' in capsys.readouterr().out
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(finished_run[1].params),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def restored_at(run: Path, step: int) -> dict:
+  model = training.create_model(_config())
+  abstract = jax.eval_shape(lambda: training.create_train_state(_config(), model, 1,
+                                                                jax.random.key(0)))
+  state = ocp.CheckpointManager(run / 'checkpoints').restore(
+      step, args=ocp.args.StandardRestore(abstract))
+  return {'params': state.params}
+
+
+def test_a_torn_last_metrics_line_is_dropped(finished_run, tmp_path, capsys):
+  run = _copy_of(finished_run, tmp_path)
+  metrics = run / 'metrics.jsonl'
+  metrics.write_text(metrics.read_text() + '{"step": 16, "loss": 0.3')
+  training.train_and_evaluate(_config(), str(run))
+  assert 'Dropped the torn last line' in capsys.readouterr().out
+  for line in metrics.read_text().splitlines():
+    json.loads(line)
+
+
+INTERRUPTED_SAVE_SCRIPT = textwrap.dedent('''
+    import sys, time
+    import orbax.checkpoint as ocp
+    from configs import test as test_config
+    from cos_jax import training
+    real_save = ocp.CheckpointManager.save
+
+    def save_then_wait(self, step, *args, **kwargs):  # Ctrl-C arrives while step 10 is written
+      saved = real_save(self, step, *args, **kwargs)
+      if step == 10:
+        print('saving', flush=True)
+        time.sleep(600)
+      return saved
+
+    ocp.CheckpointManager.save = save_then_wait
+    config = test_config.get_config()
+    config.conversion.enabled = False
+    training.train_and_evaluate(config, sys.argv[1])
+''')
+
+
+def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_whole(tmp_path):
+  process = subprocess.Popen([sys.executable, '-c', INTERRUPTED_SAVE_SCRIPT, str(tmp_path)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert any(line.strip() == 'saving' for line in iter(process.stdout.readline, ''))
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)  # a hang fails here
+  finally:
+    process.kill()
+  assert process.returncode != 0 and 'KeyboardInterrupt' in process.stderr.read()
+  _, variables = training.restore_variables(_config(), tmp_path)
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))

@@ -1,0 +1,139 @@
+"""A run's folder: one process at a time, resumed only by the config that started it, and
+restored from the newest checkpoint that is whole.
+
+    with workdir.exclusive(path):           # a second train.py on the same folder is refused
+      workdir.check_resumed_config(path, config)
+      state, step, _ = workdir.restore_newest_whole(path / 'checkpoints', abstract_state)
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+# Fields a resumed run may change: where the data lie, how often it logs, saves and evaluates,
+# and everything the conversion report after training reads. Any other change would make one
+# run out of two configs.
+RESUMABLE_CHANGES = ('data_dir', 'cache_dir', 'log_every_steps', 'checkpoint_every_steps',
+                     'eval_every_epochs', 'eval_batch_size', 'conversion')
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another process holds the workdir."""
+
+
+@contextlib.contextmanager
+def exclusive(workdir: Path):
+  """Holds an exclusive lock on `workdir/.lock` for the duration (process 0 only).
+
+  The lock is the operating system's (flock): it is released when the process ends, however it
+  ends, so a killed run never leaves a stale lock behind.
+  """
+  if jax.process_index():
+    yield
+    return
+  path = workdir / '.lock'
+  with open(path, 'a+') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as error:
+      lock.seek(0)
+      holder = lock.read().strip() or 'unknown'
+      raise WorkdirBusyError(
+          f'{workdir} is in use by another process (pid {holder}): wait for it to finish, stop '
+          'it, or give this run another --workdir.') from error
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _flat(tree: dict) -> dict:
+  return {'.'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def check_resumed_config(workdir: Path, config) -> None:
+  """Raises ValueError if `config` differs from the run's `config.json` beyond what may change.
+
+  Fields missing from either side (a config written by an older cos_jax) are not compared.
+  """
+  path = workdir / 'config.json'
+  if not path.is_file():
+    return
+  stored = _flat(json.loads(path.read_text()))
+  given = _flat(json.loads(config.to_json_best_effort()))
+  changed = sorted(key for key in stored.keys() & given.keys()
+                   if stored[key] != given[key]
+                   and key.split('.')[0] not in RESUMABLE_CHANGES)
+  if changed:
+    shown = '; '.join(f'{key}: {stored[key]!r} in the run, {given[key]!r} now'
+                      for key in changed)
+    raise ValueError(
+        f'{workdir} holds a run started with another config ({shown}). Resuming it would mix '
+        'two runs: use another --workdir, or the original settings.')
+
+
+def _all_finite(tree) -> bool:
+  return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(tree)
+             if np.issubdtype(np.asarray(leaf).dtype, np.inexact))
+
+
+def restore_newest_whole(directory: Path, abstract_state):
+  """The newest checkpoint that restores and holds only finite values, and its step.
+
+  A checkpoint cut short (a missing file, an empty step folder) or holding NaN or infinite
+  values is skipped with a message saying which and why.
+
+  Returns:
+    `(state, step, skipped)`: `skipped` lists the steps of the newer, damaged checkpoints;
+    `(None, 0, [])` when there is no checkpoint at all.
+
+  Raises:
+    RuntimeError: checkpoints exist but none restores.
+  """
+  if not directory.is_dir():
+    return None, 0, []
+  steps = sorted(ocp.CheckpointManager(directory).all_steps(), reverse=True)
+  skipped = []
+  for step in steps:
+    try:  # a manager per attempt: one that failed on a damaged step fails on the next
+      state = ocp.CheckpointManager(directory).restore(
+          step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as error:  # orbax and TensorStore raise many types for a damaged folder
+      skipped.append((step, f'{type(error).__name__}: {str(error)[:200]}'))
+      continue
+    if not _all_finite(state):
+      skipped.append((step, 'it holds NaN or infinite values'))
+      continue
+    for bad_step, reason in skipped:
+      print(f'Skipped the damaged checkpoint of step {bad_step}: {reason}', flush=True)
+    return state, step, [bad_step for bad_step, _ in skipped]
+  if steps:
+    raise RuntimeError(f'No checkpoint in {directory} restores: '
+                       + ' | '.join(f'step {step}: {reason}' for step, reason in skipped)
+                       + '. Move the checkpoints folder away to start over.')
+  return None, 0, []
+
+
+def set_aside(directory: Path, steps: list[int]) -> None:
+  """Moves the given step folders to `<directory>_damaged/`, out of the resumed run's way."""
+  if not steps or jax.process_index():
+    return
+  aside = directory.with_name(directory.name + '_damaged')
+  aside.mkdir(exist_ok=True)
+  for step in steps:
+    target = aside / str(step)
+    if target.exists():
+      target = aside / f'{step}.{os.getpid()}'
+    (directory / str(step)).rename(target)
+    print(f'Moved the damaged checkpoint of step {step} to {target}.', flush=True)

@@ -1,0 +1,118 @@
+"""The short-budget recipe's pieces: L schedule, thresholds from data, schedules, decay mask."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cos_jax
+from configs import test as test_config
+from cos_jax import data, training
+from cos_jax.layers import Activation
+
+
+def _recipe_config():
+  config = test_config.get_config()
+  config.update(levels_schedule='0:16,0.5:4', threshold_init='percentile',
+                threshold_init_examples=64, lr_schedule='linear', warmup_epochs=0.5,
+                nesterov=True, weight_decay_on='kernels', label_smoothing=0.1)
+  config.conversion.enabled = False
+  return config
+
+
+def test_levels_schedule():
+  config = _recipe_config()
+  schedule = training.levels_schedule(config)
+  assert [training.levels_at(schedule, step, 16) for step in (0, 7, 8, 15)] == [16, 16, 4, 4]
+  config.levels_schedule = ''
+  assert training.levels_schedule(config) == [(0.0, 4)]
+  for bad in ('0:16,0.5:8', '0.5:16,0.2:4', '0.2:16,0.5:4', '0:16;0.5:4', '0:16,1:4', '0:x'):
+    config.levels_schedule = bad
+    with pytest.raises(ValueError, match='levels_schedule=.*must read'):
+      training.levels_schedule(config)
+
+
+def test_thresholds_are_percentiles_of_each_layers_input_layer_by_layer():
+  model = cos_jax.create_model('tiny', num_classes=5, levels=4)
+  variables = cos_jax.init_variables(model, jax.random.key(0))
+  images = jax.random.normal(jax.random.key(1), (32, 8, 8, 1))
+  params = training.data_driven_thresholds(model, variables, images, 90.0)
+  inputs = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, Activation):
+      inputs[tuple(context.module.path)] = args[0]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):  # the ordinary model, with the chosen thresholds
+    model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
+                mutable=['batch_stats'])
+  assert len(inputs) == 3
+  for path, x in inputs.items():
+    threshold = params[path[0]]['threshold']
+    np.testing.assert_allclose(threshold, np.percentile(np.asarray(x), 90.0), rtol=1e-5)
+    assert threshold != variables['params'][path[0]]['threshold']
+
+
+def test_schedules_and_the_kernel_only_weight_decay():
+  config = _recipe_config()
+  config.update(num_epochs=4, learning_rate=0.4, warmup_epochs=1)
+  schedule = training.create_schedule(config, 10)
+  np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 25, 40)],
+                             [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-6)
+  config.warmup_epochs = 0.0  # a non-zero rate at step 0
+  tx, _ = training.create_optimizer(config, 10)
+  model = cos_jax.create_model('tiny', num_classes=5, levels=4)
+  params = cos_jax.init_variables(model, jax.random.key(0))['params']
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  decayed = jax.tree_util.tree_map_with_path(
+      lambda path, u: (path[-1].key, bool(jnp.any(u != 0))), updates)
+  for name, changed in jax.tree.leaves(decayed, is_leaf=lambda x: isinstance(x, tuple)):
+    assert changed == (name == 'kernel'), name
+
+
+def test_train_step_loss_with_label_smoothing():
+  config = _recipe_config()
+  model = training.create_model(config)
+  state = training.create_train_state(config, model, 8, jax.random.key(0))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
+  labels = jnp.arange(8) % config.num_classes
+  _, metrics = training.train_step(state, images, labels, jax.random.key(1), mean=config.mean,
+                                   std=config.std, label_smoothing=0.3)
+  logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                          training._normalise_on_device(images, config.mean, config.std),
+                          train=True, mutable=['batch_stats'])
+  classes = config.num_classes
+  targets = 0.7 * jax.nn.one_hot(labels, classes) + 0.3 / classes
+  expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
+  np.testing.assert_allclose(metrics['loss'], expected, rtol=1e-6)
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_recipe_trains_switches_l_and_resumes_bit_identically(tmp_path, monkeypatch, capsys):
+  config = _recipe_config()
+  straight = training.train_and_evaluate(config, str(tmp_path / 'straight'))
+  out = capsys.readouterr().out
+  assert 'step 0: training with L = 16' in out and 'step 8: training with L = 4' in out
+  assert 'Thresholds set to the 99.0th percentile' in out
+  real_batches = data.train_batches
+
+  def interrupted_batches(*args, **kwargs):  # dies in step 7, after the checkpoint of step 5
+    for index, batch in enumerate(real_batches(*args, **kwargs)):
+      if kwargs['start_step'] + index == 6:
+        raise _Interrupted
+      yield batch
+
+  monkeypatch.setattr(data, 'train_batches', interrupted_batches)
+  with pytest.raises(_Interrupted):
+    training.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  monkeypatch.setattr(data, 'train_batches', real_batches)
+  resumed = training.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert 'Resumed from the checkpoint at step 5' in capsys.readouterr().out
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
