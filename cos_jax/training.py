@@ -211,6 +211,13 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
 
 
 @functools.cache
+def _jitted_train_step(mean, std, label_smoothing):
+  """One compiled step per normalisation and smoothing: runs in one process share it."""
+  return xla.jit(functools.partial(train_step, mean=mean, std=std,
+                                   label_smoothing=label_smoothing), donate_argnums=0)
+
+
+@functools.cache
 def _jitted_eval_step(apply_fn, mean, std):
   return xla.jit(functools.partial(eval_step, apply_fn=apply_fn, mean=mean, std=std))
 
@@ -338,9 +345,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> Tra
 
   mesh = parallel.data_mesh()
   state = parallel.replicate(state, mesh)
-  step_fn = xla.jit(functools.partial(train_step, mean=tuple(config.mean), std=tuple(config.std),
-                                      label_smoothing=config.get('label_smoothing', 0.0)),
-                    donate_argnums=0)
+  step_fn = _jitted_train_step(tuple(config.mean), tuple(config.std),
+                               config.get('label_smoothing', 0.0))
   dropout_key = jax.random.key(config.seed + 1)
   _, schedule = create_optimizer(config, steps_per_epoch)
   batches = data.train_batches(dataset.train, batch_size=config.batch_size, seed=config.seed,

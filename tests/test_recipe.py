@@ -1,5 +1,7 @@
 """The short-budget recipe's pieces: L schedule, thresholds from data, schedules, decay mask."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,9 +47,13 @@ def test_thresholds_are_percentiles_of_each_layers_input_layer_by_layer():
       inputs[tuple(context.module.path)] = args[0]
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(record):  # the ordinary model, with the chosen thresholds
-    model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
-                mutable=['batch_stats'])
+  def forward(params, images):  # the ordinary model, with the chosen thresholds
+    with nn.intercept_methods(record):
+      model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images,
+                  train=True, mutable=['batch_stats'])
+    return inputs
+
+  inputs = jax.jit(forward)(params, images)
   assert len(inputs) == 3
   for path, x in inputs.items():
     threshold = params[path[0]]['threshold']
@@ -66,7 +72,7 @@ def test_schedules_and_the_kernel_only_weight_decay():
   model = cos_jax.create_model('tiny', num_classes=5, levels=4)
   params = cos_jax.init_variables(model, jax.random.key(0))['params']
   zero_grads = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
   decayed = jax.tree_util.tree_map_with_path(
       lambda path, u: (path[-1].key, bool(jnp.any(u != 0))), updates)
   for name, changed in jax.tree.leaves(decayed, is_leaf=lambda x: isinstance(x, tuple)):
@@ -79,11 +85,12 @@ def test_train_step_loss_with_label_smoothing():
   state = training.create_train_state(config, model, 8, jax.random.key(0))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
   labels = jnp.arange(8) % config.num_classes
-  _, metrics = training.train_step(state, images, labels, jax.random.key(1), mean=config.mean,
-                                   std=config.std, label_smoothing=0.3)
-  logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                          training._normalise_on_device(images, config.mean, config.std),
-                          train=True, mutable=['batch_stats'])
+  step = jax.jit(functools.partial(training.train_step, mean=config.mean, std=config.std,
+                                   label_smoothing=0.3))
+  _, metrics = step(state, images, labels, jax.random.key(1))
+  logits, _ = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      training._normalise_on_device(images, config.mean, config.std))
   classes = config.num_classes
   targets = 0.7 * jax.nn.one_hot(labels, classes) + 0.3 / classes
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
