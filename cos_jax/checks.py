@@ -35,6 +35,11 @@ def check_positive_int(name: str, value, minimum: int = 1) -> None:
     raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')
 
 
+def _listed(problems: list[str], shown: int = 20) -> str:
+  more = f' (and {len(problems) - shown} more)' if len(problems) > shown else ''
+  return '; '.join(problems[:shown]) + more
+
+
 def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
   """Raises ValueError naming every missing, unexpected or mis-shaped leaf of `given`."""
   given_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(given)).items()}
@@ -46,9 +51,7 @@ def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
                for k, v in expected_flat.items()
                if k in given_flat and tuple(np.shape(given_flat[k])) != tuple(v.shape)]
   if problems:
-    shown = '; '.join(problems[:20])
-    more = f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
-    raise ValueError(f'{what} do not fit the model: {shown}{more}.')
+    raise ValueError(f'{what} do not fit the model: {_listed(problems)}.')
 
 
 def check_variables_usable(variables: Mapping) -> None:
@@ -70,7 +73,5 @@ def check_variables_usable(variables: Mapping) -> None:
       elif collection == 'batch_stats' and path[-1] == 'var' and not (value > 0).all():
         problems.append(f'{name} (a BatchNorm variance) has {int((value <= 0).sum())} values <= 0')
   if problems:
-    shown = '; '.join(problems[:20])
-    more = f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
-    raise ValueError(f'The variables cannot make a working network: {shown}{more}. Retrain, or '
-                     'check the checkpoint these variables came from.')
+    raise ValueError(f'The variables cannot make a working network: {_listed(problems)}. '
+                     'Retrain, or check the checkpoint these variables came from.')

@@ -18,6 +18,14 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _field(config, dotted: str):
+  """The value of a dotted field ('conversion.max_T'), or None where it is missing."""
+  value = config
+  for part in dotted.split('.'):
+    value = value.get(part) if hasattr(value, 'get') else None
+  return value
+
+
 def check_config(config: ml_collections.ConfigDict, *, training: bool = True) -> None:
   """Raises ValueError listing every field of `config` that cannot work, with what is allowed.
 
@@ -29,15 +37,10 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
 
   def need(condition: bool, field: str, allowed: str) -> None:
     if not condition:
-      value = config
-      for part in field.split('.'):
-        value = value.get(part) if hasattr(value, 'get') else None
-      problems.append(f'{field}={value!r} ({allowed})')
+      problems.append(f'{field}={_field(config, field)!r} ({allowed})')
 
   def positive_int(field: str, minimum: int = 1) -> None:
-    value = config
-    for part in field.split('.'):
-      value = value.get(part) if hasattr(value, 'get') else None
+    value = _field(config, field)
     need(_is_int(value) and value >= minimum, field, f'an integer >= {minimum}')
 
   need(config.get('arch') in models.ARCHITECTURES, 'arch',

@@ -166,8 +166,8 @@ def _checked_input_shape(model_class, shape, fields: dict) -> tuple[int, int, in
   if shape is None or len(shape) != 3 or min(shape) < 1:
     raise ValueError(f'input_shape must be (height, width, channels) of positive integers, got '
                      f'{shape!r}.')
-  poolings = {VGG: len(fields.get('stages', VGG16_STAGES)),
-              TinyNet: len(fields.get('widths', (8, 16)))}.get(model_class, 0)
+  poolings = {VGG: len(fields.get('stages', VGG.stages)),
+              TinyNet: len(fields.get('widths', TinyNet.widths))}.get(model_class, 0)
   if min(shape[:2]) < 2 ** poolings:
     raise ValueError(f'{model_class.__name__} halves its input {poolings} times: input_shape '
                      f'{shape} needs a height and width of at least {2 ** poolings}.')

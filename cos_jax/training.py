@@ -306,17 +306,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     The final training state.
   """
   config_checks.check_config(config)
-  levels_schedule(config)
+  l_schedule = levels_schedule(config)
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.exclusive(workdir):
     workdir_lib.check_resumed_config(workdir, config)
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, l_schedule)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> TrainState:
-  """train_and_evaluate in a checked config and a workdir this process holds."""
-  l_schedule = levels_schedule(config)
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
+                        l_schedule: list[tuple[float, int]]) -> TrainState:
+  """train_and_evaluate with a checked config and L schedule, in a workdir this process holds."""
   dataset = data.load(config)
   if dataset.num_classes != config.num_classes:
     raise ValueError(f'The data set has {dataset.num_classes} classes but the config says '

@@ -6,6 +6,7 @@ numbers (small multiples of powers of two), for which every float32 operation be
 so agreement is spike for spike and the ties (potential exactly 1) really occur.
 """
 
+import jax
 import numpy as np
 from flax import traverse_util
 
@@ -14,6 +15,12 @@ import cos_jax
 F32 = np.float32
 BN_EPSILON = F32(1e-5)
 UNIT_VARIANCE = F32(1) - BN_EPSILON  # var + eps == 1 exactly in float32, so BN scales exactly
+
+
+def ones_like_variables(model):
+  """Variables of the model's shapes, all ones (finite, positive thresholds and variances),
+  without compiling its initialisation."""
+  return jax.tree.map(lambda s: np.ones(s.shape, s.dtype), cos_jax.models.abstract_variables(model))
 
 
 def dyadic_variables(model, seed: int) -> dict:

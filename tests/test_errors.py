@@ -9,6 +9,7 @@ import pytest
 import cos_jax
 from configs import test as test_config
 from cos_jax import training
+from tests import reference
 
 
 @pytest.fixture(scope='module')
@@ -125,9 +126,8 @@ def test_broken_variables_are_refused_naming_the_leaf(tiny_net, tmp_path, collec
   if layer.startswith('act') or collection == 'batch_stats':
     return
   model = cos_jax.create_model('resnet20', num_classes=10, levels=4)
-  ones = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), cos_jax.models.abstract_variables(model))
-  state_dict = {key: np.array(value)
-                for key, value in cos_jax.export_state_dict(model, ones).items()}
+  state_dict = {key: np.array(value) for key, value in cos_jax.export_state_dict(
+      model, reference.ones_like_variables(model)).items()}
   state_dict['conv2_x.1.residual_function.3.weight'][0, 0, 0, 0] = value
   np.savez(tmp_path / 'broken.npz', **state_dict)
   with pytest.raises(ValueError, match='stage1_block1/conv2/kernel has 1 NaN'):

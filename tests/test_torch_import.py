@@ -141,16 +141,10 @@ def test_unreadable_npz_names_the_file(tmp_path, content):
 def test_export_refuses_what_does_not_fit():
   tiny = cos_jax.create_model('tiny', num_classes=3, levels=4)
   with pytest.raises(ValueError, match='TinyNet has no PyTorch reference'):
-    cos_jax.export_state_dict(tiny, _ones_like_variables(tiny))
+    cos_jax.export_state_dict(tiny, reference.ones_like_variables(tiny))
   model = cos_jax.models.ResNet(num_classes=3, levels=2, stage_sizes=(1, 1), widths=(4, 8),
                                 strides=(1, 2), stem_width=4, input_shape=(8, 8, 3))
   other = cos_jax.models.ResNet(num_classes=5, levels=2, stage_sizes=(1, 1), widths=(4, 8),
                                 strides=(1, 2), stem_width=4, input_shape=(8, 8, 3))
   with pytest.raises(ValueError, match=r'do not fit the model: .*head/kernel has shape \(8, 5\)'):
-    cos_jax.export_state_dict(model, _ones_like_variables(other))
-
-
-def _ones_like_variables(model):
-  """Variables of the model's shapes without compiling its initialisation."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda s: np.ones(s.shape, s.dtype), cos_jax.models.abstract_variables(model))
+    cos_jax.export_state_dict(model, reference.ones_like_variables(other))
