@@ -80,8 +80,9 @@ def _train_step_section(result: dict, parts: dict) -> list[str]:
   lines += ['', "What was slow, found in XLA's profile of the whole step (`jax.profiler`, per-op "
             'thunk times) and in HLO dumps, then measured piece by piece (table above):', '',
             "- **XLA's YNNPACK fusions** (on by default in jaxlib 0.10's CPU backend) ran the "
-            'weight gradients of 3x3 convolutions at 240 ms each on this AVX2 CPU, a third of '
-            "ResNet-20's step. `cos_jax.xla.jit` compiles every cos_jax function with them off "
+            'weight gradients of 3x3 convolutions far slower than XLA\'s own kernels on this AVX2 '
+            "CPU: they were the largest entries of the profile of ResNet-20's step. "
+            '`cos_jax.xla.jit` compiles every cos_jax function with them off '
             '(a per-function compile option; other backends are untouched): the plain `jax.jit` '
             'column is the same code without it.',
             "- **Reductions.** XLA's CPU backend turns a large sum into a tree of "
@@ -96,11 +97,11 @@ def _train_step_section(result: dict, parts: dict) -> list[str]:
             "convolution's backward scatter (VGG-16's 2x2 stage, under 10 ms of a 3 s step), XLA's "
             'oneDNN option (within noise) and hand-made weight gradients (as im2col products or '
             "per-tap products, 3-4 times slower than XLA's).",
-            '- **Step / forward.** The convolutions set a floor: a weight gradient costs 1.2-2 '
+            '- **Step / forward.** The convolutions set a floor: a weight gradient costs 1.4-1.9 '
             'forward convolutions on XLA:CPU (its operands are transposed so that the batch is the '
-            'contracted axis) and an input gradient about one, so the convolutions alone make a '
-            "step 3.2-4 forwards; ResNet-20's narrow layers (16-64 channels) sit at the top of "
-            'that range. The 3.5 target is met by neither network on this CPU (table above).', '']
+            'contracted axis) and an input gradient 1-1.3, so the convolutions alone make a step '
+            "3.4-4.2 forwards; ResNet-20's narrow layers (16-64 channels) sit at the top of that "
+            'range. The 3.5 target is met by neither network on this CPU (table above).', '']
   return lines
 
 

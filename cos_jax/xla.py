@@ -2,9 +2,8 @@
 
 XLA's CPU backend hands convolutions and element-wise work to YNNPACK fusions by default
 (jaxlib 0.10). On the 2-core AVX2 machines this project is measured on, those fusions run the
-weight gradient of a 3x3 convolution at ResNet-20's first-stage shape 7 times slower than XLA's
-own kernels (290 ms against 41 ms, batch 128), and a whole ResNet-20 training step 2.5 times
-slower; VGG-16's step and both eval forwards lose 1.5-2.4 times (`benchmarks/train_step.py`).
+weight gradients of 3x3 convolutions far slower than XLA's own kernels: with them, the training
+step of ResNet-20 runs 3.6 times and VGG-16's 2.3 times slower (`benchmarks/train_step.py`).
 cos_jax therefore compiles its functions with the YNNPACK fusions off on the CPU. The options
 are per compiled function (`jax.jit(..., compiler_options=...)`): nothing global changes, other
 backends get none, and an XLA that no longer knows an option gets plain `jax.jit`.
@@ -40,9 +39,9 @@ def channel_sum(x: jax.Array) -> jax.Array:
   """The sum over every axis but the last (channels); a matrix-vector product on the CPU.
 
   XLA's CPU backend rewrites a large reduction into a tree of `reduce-window`s, which runs
-  several times slower than a product with a vector of ones (measured: BatchNorm's forward and
-  backward at VGG-16's first-stage shape, 96 ms -> 48 ms). Other backends keep the reduction
-  (a float32 product there may run at reduced precision).
+  several times slower than a product with a vector of ones (BatchNorm's forward and backward
+  at VGG-16's first-stage shape: 100 ms -> 55 ms, `benchmarks/train_step.py --parts=parts`).
+  Other backends keep the reduction (a float32 product there may run at reduced precision).
   """
   if jax.default_backend() != 'cpu':
     return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
