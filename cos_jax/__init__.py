@@ -1,5 +1,6 @@
 """cos_jax: QCFS networks converted to spiking networks, calibrated with offset spikes (COS)."""
 
+from cos_jax.convertibility import NotConvertibleError
 from cos_jax.layers import Activation, Spiking
 from cos_jax.models import ARCHITECTURES, create_model, init_variables
 from cos_jax.qcfs import qcfs
@@ -17,8 +18,8 @@ from cos_jax.snn import (
 from cos_jax.torch_import import export_state_dict, load_torch_checkpoint
 
 __all__ = [
-    'ARCHITECTURES', 'Activation', 'DEFAULT_CHUNK', 'OFFSET_SPIKE_BINS', 'SNN', 'Shifts',
-    'Spiking', 'calibrate', 'calibrate_and_simulate', 'convert', 'create_model',
+    'ARCHITECTURES', 'Activation', 'DEFAULT_CHUNK', 'NotConvertibleError', 'OFFSET_SPIKE_BINS',
+    'SNN', 'Shifts', 'Spiking', 'calibrate', 'calibrate_and_simulate', 'convert', 'create_model',
     'export_state_dict', 'init_variables', 'load_torch_checkpoint', 'neuron_counts', 'qcfs',
     'simulate',
 ]

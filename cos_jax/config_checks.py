@@ -43,8 +43,10 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     value = _field(config, field)
     need(_is_int(value) and value >= minimum, field, f'an integer >= {minimum}')
 
-  need(config.get('arch') in models.ARCHITECTURES, 'arch',
-       f'one of {sorted(models.ARCHITECTURES)}')
+  try:
+    models.architecture(config.get('arch'))
+  except ValueError as error:
+    problems.append(f'arch: {error}')
   for field in ('num_classes', 'levels'):
     positive_int(field)
   shape = config.get('input_shape')

@@ -8,6 +8,7 @@ what its input is.
 """
 
 import functools
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -174,30 +175,58 @@ def _checked_input_shape(model_class, shape, fields: dict) -> tuple[int, int, in
   return shape
 
 
+def architecture(arch: str):
+  """The model class (or partial) named by `arch`: a key of `ARCHITECTURES`, or
+  'package.module:ClassName' for your own network (see `cos_jax.convertibility`)."""
+  if arch in ARCHITECTURES:
+    return ARCHITECTURES[arch]
+  if not isinstance(arch, str) or ':' not in arch:
+    raise ValueError(f'Unknown arch {arch!r}: expected one of {sorted(ARCHITECTURES)}, or your '
+                     "own network as 'package.module:ClassName'.")
+  module_name, _, class_name = arch.partition(':')
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as error:
+    raise ValueError(f'arch {arch!r}: cannot import {module_name!r} ({error}); it must be '
+                     'importable from where you run (e.g. on PYTHONPATH).') from error
+  model_class = getattr(module, class_name, None)
+  if model_class is None:
+    raise ValueError(f'arch {arch!r}: {module_name} has no {class_name!r}.')
+  model_type = getattr(model_class, 'func', model_class)
+  if not (isinstance(model_type, type) and issubclass(model_type, nn.Module)):
+    raise ValueError(f'arch {arch!r} is {model_class!r}, not a Flax linen Module class.')
+  missing = [field for field in ('num_classes', 'levels', 'input_shape', 'spiking')
+             if field not in model_type.__dataclass_fields__]
+  if missing:
+    raise ValueError(f'arch {arch!r} lacks the fields {missing}: a convertible network has '
+                     'num_classes, levels, input_shape and spiking (cos_jax.convertibility).')
+  return model_class
+
+
 def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = False,
                  **overrides: Any) -> nn.Module:
   """Builds a QCFS model by name.
 
   Args:
-    arch: one of `ARCHITECTURES` ('vgg16', 'resnet18', 'resnet20', 'resnet34', 'tiny').
+    arch: one of `ARCHITECTURES` ('vgg16', 'resnet18', 'resnet20', 'resnet34', 'tiny'), or your
+      own network as 'package.module:ClassName' (`cos_jax.convertibility` says what it needs).
     num_classes: the number of output classes.
     levels: the QCFS quantization levels L.
     imagenet: the ImageNet variant (224x224 input; for ResNets the 7x7/2 stem).
     **overrides: further model fields (e.g. `dropout_rate`, `input_shape`).
   """
-  if arch not in ARCHITECTURES:
-    raise ValueError(f'Unknown arch {arch!r}: expected one of {sorted(ARCHITECTURES)}.')
+  model_class = architecture(arch)
   checks.check_positive_int('levels (L)', levels)
   checks.check_positive_int('num_classes', num_classes)
   if 'input_shape' in overrides:
-    model_class = getattr(ARCHITECTURES[arch], 'func', ARCHITECTURES[arch])
-    overrides['input_shape'] = _checked_input_shape(model_class, overrides['input_shape'],
+    overrides['input_shape'] = _checked_input_shape(getattr(model_class, 'func', model_class),
+                                                    overrides['input_shape'],
                                                     overrides)
   if imagenet:
     overrides.setdefault('input_shape', IMAGENET_SHAPE)
     if arch.startswith('resnet'):
       overrides.setdefault('imagenet_stem', True)
-  return ARCHITECTURES[arch](num_classes=num_classes, levels=levels, **overrides)
+  return model_class(num_classes=num_classes, levels=levels, **overrides)
 
 
 def abstract_variables(model: nn.Module) -> dict:

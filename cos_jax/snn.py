@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from cos_jax import checks, models, neuron, xla
+from cos_jax import checks, convertibility, models, neuron, xla
 from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
@@ -31,7 +31,7 @@ OFFSET_SPIKE_BINS = (-3, -2, -1, 0, 1, 2, 3)
 
 @struct.dataclass
 class SNN:
-  """A converted network: the QCFS model (static) and its `params` and `batch_stats`."""
+  """A converted network: the QCFS model (static) and its `params` and `batch_stats` (if any)."""
   model: nn.Module = struct.field(pytree_node=False)
   variables: dict[str, Any]
 
@@ -56,27 +56,33 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
   """Turns a trained QCFS model and its variables into an SNN of IF neurons.
 
   Args:
-    model: a cos_jax QCFS model (`create_model`, `load_torch_checkpoint`).
+    model: a cos_jax QCFS model (`create_model`, `load_torch_checkpoint`), or your own Flax
+      module that keeps the contract in `cos_jax.convertibility`.
     variables: its `params` and `batch_stats`.
 
   Returns:
     The SNN: every QCFS layer becomes IF neurons with threshold theta = lambda, starting at
     theta / 2 and reset by subtraction; BatchNorm uses its running statistics.
+
+  Raises:
+    convertibility.NotConvertibleError: the model applies something other than a linear
+      operation to the spikes between its activations (`cos_jax.convertibility`).
   """
   if not hasattr(model, 'spiking') or not hasattr(model, 'input_shape'):
-    raise TypeError(f'convert needs a cos_jax QCFS model, got {type(model).__name__}.')
+    raise TypeError(f'convert needs a QCFS model with the fields spiking and input_shape (a '
+                    'cos_jax model, or your own as cos_jax.convertibility describes), got '
+                    f'{type(model).__name__}.')
   if model.spiking is not None:
     raise ValueError('convert needs the ANN model (spiking=None); this one is already converted.')
-  for collection in ('params', 'batch_stats'):
+  expected = models.abstract_variables(model)  # 'params', and 'batch_stats' with BatchNorm
+  for collection in expected:
     if collection not in variables:
       raise ValueError(f'variables lack the {collection!r} collection; pass the full variables '
                        'returned by model.init or the training state.')
-  expected = models.abstract_variables(model)
-  checks.check_same_tree(variables['params'], expected['params'], 'params')
-  checks.check_same_tree(variables['batch_stats'], expected['batch_stats'], 'batch_stats')
+    checks.check_same_tree(variables[collection], expected[collection], collection)
   checks.check_variables_usable(variables)
-  return SNN(model=model, variables={'params': variables['params'],
-                                     'batch_stats': variables['batch_stats']})
+  convertibility.check_convertible(model)
+  return SNN(model=model, variables={collection: variables[collection] for collection in expected})
 
 
 def _linear_layer_interceptor(on_call):

@@ -96,7 +96,7 @@ def create_train_state(config, model: nn.Module, steps_per_epoch: int, rng: jax.
   variables = models.init_variables(model, rng)
   tx, _ = create_optimizer(config, steps_per_epoch)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables['batch_stats'])
+                           batch_stats=variables.get('batch_stats', {}))
 
 
 def levels_schedule(config: ml_collections.ConfigDict) -> list[tuple[float, int]]:
@@ -182,7 +182,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, dropout_
       loss = optax.softmax_cross_entropy(logits, targets).mean()
     else:
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, updates['batch_stats'])
+    return loss, (logits, updates.get('batch_stats', {}))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)

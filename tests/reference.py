@@ -26,11 +26,10 @@ def ones_like_variables(model):
 def dyadic_variables(model, seed: int) -> dict:
   """Variables for `model` whose every value is a small dyadic number (exact arithmetic)."""
   rng = np.random.default_rng(seed)
-  variables = cos_jax.init_variables(model, __import__('jax').random.key(seed))
-  flat = traverse_util.flatten_dict(variables)
+  flat = traverse_util.flatten_dict(cos_jax.models.abstract_variables(model))
   out = {}
   for path, value in flat.items():
-    shape = np.shape(value)
+    shape = value.shape
     leaf = path[-1]
     if leaf == 'kernel':
       out[path] = rng.integers(-4, 5, shape).astype(F32) / 8
@@ -55,19 +54,23 @@ def dyadic_images(shape, seed: int) -> np.ndarray:
 
 # ---- linear layers -------------------------------------------------------------------------
 
-def conv(x, layer, stride=1, padding=None):
-  """x [N, H, W, C] with a Flax conv's params (HWIO kernel)."""
+def conv(x, layer, stride=1, padding=None, groups=1):
+  """x [N, H, W, C] with a Flax conv's params (HWIO kernel, I = C / groups)."""
   kernel = np.asarray(layer['kernel'], F32)
   kh, kw = kernel.shape[:2]
   pad = kh // 2 if padding is None else padding
   x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   ho = (x.shape[1] - kh) // stride + 1
   wo = (x.shape[2] - kw) // stride + 1
+  group_in, group_out = kernel.shape[2], kernel.shape[3] // groups
   out = np.zeros((x.shape[0], ho, wo, kernel.shape[3]), F32)
-  for dy in range(kh):
-    for dx in range(kw):
-      patch = x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-      out += patch @ kernel[dy, dx]
+  for g in range(groups):
+    inputs, outputs = slice(g * group_in, (g + 1) * group_in), slice(g * group_out,
+                                                                    (g + 1) * group_out)
+    for dy in range(kh):
+      for dx in range(kw):
+        patch = x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+        out[..., outputs] += patch[..., inputs] @ kernel[dy, dx][:, outputs]
   if 'bias' in layer:
     out += np.asarray(layer['bias'], F32)
   return out
@@ -185,6 +188,41 @@ def tiny_resnet(variables, images, act, model):
       x = act(f'{name}/act_out', y + np.broadcast_to(shortcut, y.shape))
   x = x.mean(axis=(2, 3), dtype=F32)
   return _over_time(lambda y: dense(y, p['head']), x)
+
+
+def vgg11_like(variables, images, act):
+  """tests.custom_networks.VGG11Like with `act(name, x)` as in `tiny_net`."""
+  p, s = variables['params'], variables['batch_stats']
+  x = images[None]
+  for stage, convs in enumerate((1, 1, 2, 2, 2)):
+    for index in range(convs):
+      name = f'{stage}_{index}'
+      x = act(f'act{name}', _over_time(_conv_bn(p[f'conv{name}'], p[f'bn{name}'],
+                                                s[f'bn{name}']), x))
+    x = _over_time(avg_pool, x)
+  x = x.reshape(x.shape[:2] + (-1,))
+  for index in (1, 2):
+    x = act(f'act_fc{index}', _over_time(lambda y, i=index: dense(y, p[f'fc{i}']), x))
+  return _over_time(lambda y: dense(y, p['head']), x)
+
+
+def separable_net(variables, images, act):
+  """tests.custom_networks.SeparableNet with `act(name, x)` as in `tiny_net`."""
+  p, s = variables['params'], variables['batch_stats']
+
+  def conv_bn_act(x, name, groups=1):
+    conv_bn = lambda y: batch_norm(conv(y, p[f'{name}_conv'], groups=groups), p[f'{name}_bn'],
+                                   s[f'{name}_bn'])
+    return act(f'{name}_act', _over_time(conv_bn, x))
+
+  x = conv_bn_act(images[None], 'stem')
+  pointwise = conv_bn_act(x, 'branch1')
+  separable = conv_bn_act(conv_bn_act(x, 'depthwise', groups=x.shape[-1]), 'pointwise')
+  pointwise = np.broadcast_to(pointwise, separable.shape)
+  pooled = _over_time(avg_pool, np.concatenate([pointwise, separable], axis=-1))
+  x = conv_bn_act(pooled, 'mix')
+  x = act('residual_act', x + F32(0.5) * np.broadcast_to(pooled, x.shape))
+  return _over_time(lambda y: dense(y, p['head']), x.mean(axis=(2, 3), dtype=F32))
 
 
 def flat_thresholds(params) -> dict:

@@ -105,7 +105,7 @@ def test_convert_checks_variables(tiny_net):
   params['fc'] = {'kernel': jnp.zeros((3, 3)), 'bias': params['fc']['bias']}
   with pytest.raises(ValueError, match=r'fc/kernel has shape \(3, 3\), expected \(64, 32\)'):
     cos_jax.convert(tiny_net.model, {**tiny_net.variables, 'params': params})
-  with pytest.raises(TypeError, match='cos_jax QCFS model'):
+  with pytest.raises(TypeError, match='needs a QCFS model with the fields spiking and input_shape'):
     cos_jax.convert(object(), tiny_net.variables)
 
 
