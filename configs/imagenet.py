@@ -1,4 +1,5 @@
-"""ResNet-34, L = 8, on ImageNet (ILSVRC 2012), 224 px.
+"""ResNet-34, L = 8, on ImageNet (ILSVRC 2012), 224 px: the authors' network (SPEC section 6, a
+3x3 stride-1 stem without pooling), so their checkpoints import.
 
     python train.py --config=configs/imagenet.py --workdir=workdirs/imagenet_resnet34
 

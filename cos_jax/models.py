@@ -88,7 +88,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet of BasicBlocks with QCFS activations (CIFAR stem by default)."""
+  """ResNet of BasicBlocks with QCFS activations.
+
+  The stem is a 3x3 stride-1 convolution without pooling, as in the authors' code for CIFAR and
+  ImageNet alike; `imagenet_stem=True` is the torchvision-style 7x7/2 convolution followed by
+  2x2 pooling, an option outside the paper.
+  """
   num_classes: int
   levels: int
   stage_sizes: Sequence[int]
@@ -212,8 +217,12 @@ def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = F
       own network as 'package.module:ClassName' (`cos_jax.convertibility` says what it needs).
     num_classes: the number of output classes.
     levels: the QCFS quantization levels L.
-    imagenet: the ImageNet variant (224x224 input; for ResNets the 7x7/2 stem).
-    **overrides: further model fields (e.g. `dropout_rate`, `input_shape`).
+    imagenet: the ImageNet variant as the authors build it (SPEC section 6): 224x224 input
+      (VGG-16's classifier then takes the 512x7x7 map); the ResNets keep their CIFAR-style 3x3
+      stride-1 stem without pooling, so the authors' ImageNet checkpoints import.
+    **overrides: further model fields (e.g. `dropout_rate`, `input_shape`, or
+      `imagenet_stem=True` for a ResNet with the torchvision-style 7x7/2 stem and pooling, which
+      the authors' networks do not have).
   """
   model_class = architecture(arch)
   checks.check_positive_int('levels (L)', levels)
@@ -224,8 +233,6 @@ def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = F
                                                     overrides)
   if imagenet:
     overrides.setdefault('input_shape', IMAGENET_SHAPE)
-    if arch.startswith('resnet'):
-      overrides.setdefault('imagenet_stem', True)
   return model_class(num_classes=num_classes, levels=levels, **overrides)
 
 

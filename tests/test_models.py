@@ -43,8 +43,16 @@ def test_imagenet_variants(arch):
   assert logits.shape == (2, 1000)
   if arch == 'vgg16':
     assert variables['params']['fc1']['kernel'].shape == (512 * 7 * 7, 4096)
-  else:
-    assert variables['params']['stem_conv']['kernel'].shape == (7, 7, 3, 64)
+  else:  # the authors' ImageNet ResNet-34 keeps the CIFAR-style stem (SPEC section 6)
+    assert variables['params']['stem_conv']['kernel'].shape == (3, 3, 3, 64)
+
+
+def test_the_torchvision_style_stem_is_an_explicit_option():
+  model = cos_jax.create_model('resnet18', num_classes=10, levels=4, imagenet=True,
+                               imagenet_stem=True)
+  variables, logits = _shapes(model)
+  assert variables['params']['stem_conv']['kernel'].shape == (7, 7, 3, 64)
+  assert logits.shape == (2, 10)
 
 
 def test_thresholds_start_at_8():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cos_jax
-from cos_jax import torch_import
+from cos_jax import torch_import, training
 from tests import reference
 
 SMALL_VGG = dict(stages=((4,), (8, 8)), classifier_width=16, input_shape=(8, 8, 3))
@@ -29,7 +29,7 @@ def test_vgg16_and_resnet_key_names_match_the_reference():
     assert key in keys, key
   resnet = cos_jax.create_model('resnet20', num_classes=10, levels=4)
   keys = set(torch_import.state_dict_shapes(resnet))
-  assert keys == set(torch_import.export_state_dict(resnet, cos_jax.init_variables(resnet, _key())))
+  assert keys == set(torch_import.export_state_dict(resnet, reference.ones_like_variables(resnet)))
   for key in ('conv1.0.weight', 'conv1.1.running_var', 'conv1.2.up',
               'conv2_x.0.residual_function.0.weight', 'conv2_x.2.residual_function.4.bias',
               'conv3_x.0.shortcut.0.weight', 'conv3_x.0.shortcut.1.running_mean',
@@ -41,11 +41,6 @@ def test_vgg16_and_resnet_key_names_match_the_reference():
   resnet34 = torch_import.state_dict_shapes(cos_jax.create_model('resnet34', num_classes=100,
                                                                  levels=4))
   assert sum(k.endswith('relu.up') for k in resnet34) == 16 and resnet34['fc.weight'] == (100, 512)
-
-
-def _key():
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.random.key(0)
 
 
 @pytest.mark.parametrize('arch', ['vgg', 'resnet'])
@@ -148,3 +143,65 @@ def test_export_refuses_what_does_not_fit():
                                 strides=(1, 2), stem_width=4, input_shape=(8, 8, 3))
   with pytest.raises(ValueError, match=r'do not fit the model: .*head/kernel has shape \(8, 5\)'):
     cos_jax.export_state_dict(model, reference.ones_like_variables(other))
+
+
+def _batch_norm_keys(prefix: str, width: int) -> dict:
+  return {**{f'{prefix}.{leaf}': (width,) for leaf in
+             ('weight', 'bias', 'running_mean', 'running_var')},
+          f'{prefix}.num_batches_tracked': ()}
+
+
+def _authors_resnet34_shapes(num_classes: int) -> dict:
+  """Key -> shape of the authors' `resnet34(num_classes)`, written out from SPEC section 6 (the
+  same class for CIFAR and ImageNet: a 3x3 stride-1 stem)."""
+  shapes = {'conv1.0.weight': (64, 3, 3, 3), **_batch_norm_keys('conv1.1', 64), 'conv1.2.up': (1,)}
+  width_in = 64
+  for stage, (blocks, width, stride) in enumerate(
+      zip((3, 4, 6, 3), (64, 128, 256, 512), (1, 2, 2, 2), strict=True), start=2):
+    for block in range(blocks):
+      prefix = f'conv{stage}_x.{block}'
+      shapes.update({f'{prefix}.residual_function.0.weight': (width, width_in, 3, 3),
+                     **_batch_norm_keys(f'{prefix}.residual_function.1', width),
+                     f'{prefix}.residual_function.2.up': (1,),
+                     f'{prefix}.residual_function.3.weight': (width, width, 3, 3),
+                     **_batch_norm_keys(f'{prefix}.residual_function.4', width),
+                     f'{prefix}.relu.up': (1,)})
+      if block == 0 and (stride != 1 or width_in != width):
+        shapes.update({f'{prefix}.shortcut.0.weight': (width, width_in, 1, 1),
+                       **_batch_norm_keys(f'{prefix}.shortcut.1', width)})
+      width_in = width
+  return {**shapes, 'fc.weight': (num_classes, 512), 'fc.bias': (num_classes,)}
+
+
+def _authors_vgg16_shapes(num_classes: int, classifier_in: int) -> dict:
+  """Key -> shape of the authors' `vgg16(num_classes)`, written out from SPEC section 6."""
+  shapes, width_in = {}, 3
+  for stage, widths in enumerate(cos_jax.models.VGG16_STAGES, start=1):
+    for n, width in enumerate(widths):
+      shapes.update({f'layer{stage}.{4 * n}.weight': (width, width_in, 3, 3),
+                     f'layer{stage}.{4 * n}.bias': (width,),
+                     **_batch_norm_keys(f'layer{stage}.{4 * n + 1}', width),
+                     f'layer{stage}.{4 * n + 2}.up': (1,)})
+      width_in = width
+  for index, (fan_in, fan_out) in zip((1, 4), ((classifier_in, 4096), (4096, 4096)), strict=True):
+    shapes.update({f'classifier.{index}.weight': (fan_out, fan_in),
+                   f'classifier.{index}.bias': (fan_out,), f'classifier.{index + 1}.up': (1,)})
+  return {**shapes, 'classifier.7.weight': (num_classes, 4096),
+          'classifier.7.bias': (num_classes,)}
+
+
+@pytest.mark.parametrize('arch', ['resnet34', 'vgg16'])
+def test_the_authors_imagenet_checkpoints_import_into_the_imagenet_config(arch):
+  from configs import imagenet  # pylint: disable=import-outside-toplevel
+  config = imagenet.get_config()
+  config.arch = arch
+  shapes = (_authors_resnet34_shapes(1000) if arch == 'resnet34'
+            else _authors_vgg16_shapes(1000, 512 * 7 * 7))
+  # Constant arrays as broadcast views: VGG-16's 138 M parameters cost no memory until imported.
+  state_dict = {key: np.zeros(shape, np.int64) if key.endswith('num_batches_tracked')
+                else np.broadcast_to(np.float32(0.5), shape) for key, shape in shapes.items()}
+  model = training.create_model(config)
+  variables = torch_import.state_dict_to_variables(model, state_dict)
+  assert variables['params']['stem_conv' if arch == 'resnet34' else 'conv1_0']['kernel'].shape == (
+      3, 3, 3, 64)
+  assert torch_import.state_dict_shapes(model) == shapes
