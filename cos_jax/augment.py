@@ -1,8 +1,9 @@
 """Training augmentation on uint8 NHWC batches (SPEC section 7), run on the host.
 
 Random crop with zero padding, horizontal flip, AutoAugment's CIFAR-10 policy (Cubuk et al.,
-2019) and Cutout (DeVries & Taylor, 2017: one square hole, filled with the mean colour so that it
-normalises to about zero). Every random choice comes from the generator passed in.
+2019, as the reference code implements it: grey fill, bicubic shears) and Cutout (DeVries &
+Taylor, 2017: one square hole, filled with the mean colour so that it normalises to about
+zero). Every random choice comes from the generator passed in.
 """
 
 import dataclasses
@@ -42,29 +43,41 @@ CIFAR10_POLICY = (
 )
 
 
+FILL = (128, 128, 128)
+"""The grey that AutoAugment's geometric operations fill uncovered pixels with."""
+
+
 def _signed(magnitude: float, rng: np.random.Generator) -> float:
   return magnitude if rng.random() < 0.5 else -magnitude
 
 
+def _magnitude(low: float, high: float, level: int) -> float:
+  """Bin `level` of MAGNITUDE_BINS spread from low to high, as the reference's np.linspace."""
+  return float(np.linspace(low, high, MAGNITUDE_BINS)[level])
+
+
 def _apply_op(image: Image.Image, name: str, level: int, rng: np.random.Generator) -> Image.Image:
-  fraction = level / (MAGNITUDE_BINS - 1)
-  width = image.size[0]
+  """One AutoAugment operation at magnitude bin `level`, as the reference's policy defines it:
+  shears bicubic, translations and rotations nearest, uncovered pixels grey, rotations
+  counter-clockwise only, solarize thresholds from 256 down to 0."""
+  width, height = image.size
   if name in ('ShearX', 'ShearY'):
-    shear = _signed(0.3 * fraction, rng)
+    shear = _signed(_magnitude(0, 0.3, level), rng)
     matrix = (1, shear, 0, 0, 1, 0) if name == 'ShearX' else (1, 0, 0, shear, 1, 0)
-    return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST)
+    return image.transform(image.size, Image.AFFINE, matrix, Image.BICUBIC, fillcolor=FILL)
   if name in ('TranslateX', 'TranslateY'):
-    shift = _signed(150 / 331 * width * fraction, rng)
-    matrix = (1, 0, shift, 0, 1, 0) if name == 'TranslateX' else (1, 0, 0, 0, 1, shift)
-    return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST)
+    shift = _signed(_magnitude(0, 150 / 331, level), rng)
+    matrix = ((1, 0, shift * width, 0, 1, 0) if name == 'TranslateX'
+              else (1, 0, 0, 0, 1, shift * height))
+    return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=FILL)
   if name == 'Rotate':
-    return image.rotate(_signed(30 * fraction, rng), Image.NEAREST)
+    return image.rotate(_magnitude(0, 30, level), Image.NEAREST, fillcolor=FILL)
   if name in ('Color', 'Contrast', 'Brightness', 'Sharpness'):
-    return getattr(ImageEnhance, name)(image).enhance(1 + _signed(0.9 * fraction, rng))
+    return getattr(ImageEnhance, name)(image).enhance(1 + _signed(_magnitude(0, 0.9, level), rng))
   if name == 'Posterize':
-    return ImageOps.posterize(image, 8 - int(round(level / ((MAGNITUDE_BINS - 1) / 4))))
+    return ImageOps.posterize(image, int(np.round(_magnitude(8, 4, level))))
   if name == 'Solarize':
-    return ImageOps.solarize(image, int(255 * (1 - fraction)))
+    return ImageOps.solarize(image, _magnitude(256, 0, level))
   if name == 'AutoContrast':
     return ImageOps.autocontrast(image)
   if name == 'Equalize':

@@ -1,0 +1,80 @@
+"""AutoAugment's operations against the reference's definitions, op by op, on small images."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cos_jax import augment
+
+GREY = 128
+
+
+class _Sign:
+  """A generator stand-in whose `random()` fixes the sign of a signed magnitude (< 0.5: +)."""
+
+  def __init__(self, value: float):
+    self.value = value
+
+  def random(self):
+    return self.value
+
+
+def _gradient(height=12, width=16) -> Image.Image:
+  y, x = np.mgrid[:height, :width]
+  return Image.fromarray(np.stack([x * 15, y * 20, (x + y) * 8], -1).astype(np.uint8))
+
+
+def _op(image, name, level, sign=0.0) -> np.ndarray:
+  return np.asarray(augment._apply_op(image, name, level, _Sign(sign)))  # pylint: disable=protected-access
+
+
+def test_shear_is_bicubic_with_grey_fill():
+  image = _gradient()
+  shear = np.linspace(0, 0.3, 10)[9]
+  expected = image.transform(image.size, Image.AFFINE, (1, shear, 0, 0, 1, 0), Image.BICUBIC,
+                             fillcolor=(GREY,) * 3)
+  got = _op(image, 'ShearX', 9)
+  np.testing.assert_array_equal(got, np.asarray(expected))
+  assert (got[-1, -3:] == GREY).all()  # the uncovered corner is grey, not black
+  nearest = image.transform(image.size, Image.AFFINE, (1, shear, 0, 0, 1, 0), Image.NEAREST)
+  assert (got != np.asarray(nearest)).any()  # and the resampling is not nearest
+  flipped = _op(image, 'ShearY', 9, sign=0.9)
+  expected_y = image.transform(image.size, Image.AFFINE, (1, 0, 0, -shear, 1, 0), Image.BICUBIC,
+                               fillcolor=(GREY,) * 3)
+  np.testing.assert_array_equal(flipped, np.asarray(expected_y))
+
+
+def test_translation_scales_with_its_own_axis_and_fills_grey():
+  image = _gradient(height=10, width=20)
+  fraction = np.linspace(0, 150 / 331, 10)[9]
+  got_y = _op(image, 'TranslateY', 9)  # by 4.53 rows (of the height; the width would give 9)
+  np.testing.assert_array_equal(got_y[:5], np.asarray(image)[5:])
+  assert (got_y[5:] == GREY).all()
+  got_x = _op(image, 'TranslateX', 9, sign=0.9)  # by -9.06 columns: the content moves right
+  columns = int(round(fraction * 20))
+  assert (got_x[:, :columns] == GREY).all()
+  np.testing.assert_array_equal(got_x[:, columns:], np.asarray(image)[:, :-columns])
+
+
+def test_rotation_is_counter_clockwise_only_with_grey_corners():
+  image = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+  for sign in (0.0, 0.9):  # the generator's sign draw is ignored
+    got = _op(image, 'Rotate', 9, sign)
+    np.testing.assert_array_equal(got, np.asarray(image.rotate(30.0, Image.NEAREST,
+                                                               fillcolor=(GREY,) * 3)))
+    assert got[0, 0].tolist() == [GREY] * 3 and got[8, 8].tolist() == [200] * 3
+
+
+@pytest.mark.parametrize('level,threshold', [(0, 256), (2, 199.11), (9, 0)])
+def test_solarize_thresholds_run_from_256_to_0(level, threshold):
+  values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  image = Image.fromarray(np.stack([values] * 3, -1))
+  expected = np.where(values >= threshold, 255 - values, values)
+  np.testing.assert_array_equal(_op(image, 'Solarize', level)[..., 0], expected)
+
+
+def test_posterize_bits_run_from_8_to_4():
+  image = Image.fromarray(np.full((2, 2, 3), 0b10111111, np.uint8))
+  bits = [int(_op(image, 'Posterize', level)[0, 0, 0]) for level in range(10)]
+  assert bits == [0b10111111] * 2 + [0b10111110] * 2 + [0b10111100] * 2 + [0b10111000] * 2 + [
+      0b10110000] * 2
