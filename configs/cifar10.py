@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.weight_decay_on = 'all'  # all (the QCFS thresholds included) | kernels (convs, dense)
   config.label_smoothing = 0.0
+  # bfloat16 forward and backward passes for TPUs and GPUs (parameters, optimizer and BatchNorm
+  # statistics stay float32; evaluation and conversion run in float32). Slow on CPUs.
+  config.half_precision = False
   config.seed = 0
   # Bookkeeping.
   config.log_every_steps = 100

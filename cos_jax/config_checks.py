@@ -96,6 +96,8 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     need(_is_number(momentum) and 0 <= momentum < 1, 'momentum', 'a number in [0, 1)')
     decay = config.get('weight_decay')
     need(_is_number(decay) and decay >= 0, 'weight_decay', 'a number >= 0')
+    need(isinstance(config.get('half_precision', False), bool), 'half_precision',
+         'True or False')
     smoothing = config.get('label_smoothing', 0.0)
     need(_is_number(smoothing) and 0 <= smoothing < 1, 'label_smoothing', 'a number in [0, 1)')
     warmup, epochs = config.get('warmup_epochs', 0.0), config.get('num_epochs')

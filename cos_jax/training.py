@@ -167,22 +167,40 @@ def _normalise_on_device(images: jax.Array, mean, std) -> jax.Array:
   return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      tree)
+
+
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, dropout_key: jax.Array,
-               *, mean, std, label_smoothing: float = 0.0):
-  """One SGD step on uint8 images; returns the new state and the step's loss and accuracy."""
+               *, mean, std, label_smoothing: float = 0.0, compute_dtype=None):
+  """One SGD step on uint8 images; returns the new state and the step's loss and accuracy.
+
+  With `compute_dtype` (bfloat16 for `config.half_precision`) the forward and backward pass run
+  on the images and parameters cast to it, while the parameters, their gradients, the optimizer
+  and the BatchNorm statistics stay in their own dtype (float32), as mixed precision does on
+  TPUs and GPUs; the loss is computed from logits of at least float32.
+  """
   x = _normalise_on_device(images, mean, std)
   key = jax.random.fold_in(dropout_key, state.step)
 
   def loss_fn(params):
-    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, x,
-                                     train=True, mutable=['batch_stats'], rngs={'dropout': key})
+    inputs = x
+    if compute_dtype is not None:
+      params, inputs = _cast_floats(params, compute_dtype), x.astype(compute_dtype)
+    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                     inputs, train=True, mutable=['batch_stats'],
+                                     rngs={'dropout': key})
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if label_smoothing:
       targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
                                     label_smoothing)
       loss = optax.softmax_cross_entropy(logits, targets).mean()
     else:
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, updates.get('batch_stats', {}))
+    batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                               updates.get('batch_stats', {}), state.batch_stats)
+    return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -211,10 +229,10 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
 
 
 @functools.cache
-def _jitted_train_step(mean, std, label_smoothing):
-  """One compiled step per normalisation and smoothing: runs in one process share it."""
-  return xla.jit(functools.partial(train_step, mean=mean, std=std,
-                                   label_smoothing=label_smoothing), donate_argnums=0)
+def _jitted_train_step(mean, std, label_smoothing, compute_dtype):
+  """One compiled step per normalisation, smoothing and precision: runs in one process share it."""
+  return xla.jit(functools.partial(train_step, mean=mean, std=std, label_smoothing=label_smoothing,
+                                   compute_dtype=compute_dtype), donate_argnums=0)
 
 
 @functools.cache
@@ -346,7 +364,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   mesh = parallel.data_mesh()
   state = parallel.replicate(state, mesh)
   step_fn = _jitted_train_step(tuple(config.mean), tuple(config.std),
-                               config.get('label_smoothing', 0.0))
+                               config.get('label_smoothing', 0.0),
+                               jnp.bfloat16 if config.get('half_precision', False) else None)
   dropout_key = jax.random.key(config.seed + 1)
   _, schedule = create_optimizer(config, steps_per_epoch)
   batches = data.train_batches(dataset.train, batch_size=config.batch_size, seed=config.seed,

@@ -1,6 +1,7 @@
 """The short-budget recipe's pieces: L schedule, thresholds from data, schedules, decay mask."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -18,7 +19,8 @@ def _recipe_config():
   config = test_config.get_config()
   config.update(levels_schedule='0:16,0.5:4', threshold_init='percentile',
                 threshold_init_examples=64, lr_schedule='linear', warmup_epochs=0.5,
-                nesterov=True, weight_decay_on='kernels', label_smoothing=0.1)
+                nesterov=True, weight_decay_on='kernels', label_smoothing=0.1,
+                half_precision=True)
   config.conversion.enabled = False
   return config
 
@@ -95,6 +97,29 @@ def test_train_step_loss_with_label_smoothing():
   targets = 0.7 * jax.nn.one_hot(labels, classes) + 0.3 / classes
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
   np.testing.assert_allclose(metrics['loss'], expected, rtol=1e-6)
+
+
+def test_half_precision_computes_in_bfloat16_and_keeps_float32_state():
+  config = test_config.get_config()  # no warm-up: the first step changes the parameters
+  model = training.create_model(config)
+  state = training.create_train_state(config, model, 8, jax.random.key(0))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
+  labels = jnp.arange(8) % config.num_classes
+  steps = {dtype: functools.partial(training.train_step, mean=config.mean, std=config.std,
+                                    compute_dtype=dtype) for dtype in (None, jnp.bfloat16)}
+  programs = {dtype: str(jax.make_jaxpr(step)(state, images, labels, jax.random.key(1)))
+              for dtype, step in steps.items()}
+  assert re.search(r'bf16\[[0-9,]*\] = conv_general_dilated', programs[jnp.bfloat16])
+  assert 'bf16' not in programs[None]
+  (full, full_metrics), (half, half_metrics) = (
+      jax.jit(steps[dtype])(state, images, labels, jax.random.key(1)) for dtype in steps)
+  for leaf in jax.tree.leaves((half.params, half.batch_stats, half.opt_state)):
+    assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+  np.testing.assert_allclose(half_metrics['loss'], full_metrics['loss'], rtol=2e-2)
+  for a, b in zip(jax.tree.leaves(half.params), jax.tree.leaves(full.params), strict=True):
+    np.testing.assert_allclose(a, b, atol=2e-2)
+  assert any(bool((a != b).any()) for a, b in zip(jax.tree.leaves(half.params),
+                                                  jax.tree.leaves(full.params), strict=True))
 
 
 class _Interrupted(Exception):
