@@ -32,10 +32,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_source = 'tfds'  # tfds | cifar_pickle | image_folder | digits | synthetic
   config.data_dir = ''  # root of cifar_pickle / image_folder data
   config.test_split = 'test'
-  config.cache_dir = ''  # decoded image-folder cache; '' means ~/.cache/cos_jax
+  # Input pipeline (grain): threads reading and transforming batches ahead of the step, or
+  # worker processes doing it (for TPU hosts; 0 keeps it in the training process).
+  config.data_threads = 2
+  config.data_workers = 0
   config.mean = (0.4914, 0.4822, 0.4465)
   config.std = (0.2023, 0.1994, 0.2010)
-  # Augmentation (SPEC section 7).
+  # Augmentation (SPEC section 7): the 'cifar' recipe (crop, flip, AutoAugment, Cutout below) or
+  # 'imagenet' (RandomResizedCrop and flip; evaluation resizes to 256 and centre-crops 224).
+  config.preprocess = 'cifar'
   config.crop_padding = 4
   config.flip = True
   config.autoaugment = True  # AutoAugment's CIFAR-10 policy

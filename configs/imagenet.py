@@ -8,7 +8,8 @@ tfds cannot download ImageNet: put ILSVRC2012_img_train.tar and ILSVRC2012_img_v
     --config.data_source=image_folder --config.data_dir=<root with train/<class>/ and val/<class>/>
     --config.test_split=val
 Published with COS (rho = 8): ANN 74.22 %, SNN 69.11 % at T = 1, 72.66 % at T = 2.
-Random crops and flips only here: the CIFAR augmentations do not apply at 224 px.
+The reference's ImageNet preprocessing: RandomResizedCrop(224) and flips for training; the shorter
+side resized to 256 and the centre 224 x 224 for evaluation.
 """
 
 from configs import cifar10
@@ -25,13 +26,15 @@ def get_config():
   config.test_split = 'validation'
   config.mean = (0.485, 0.456, 0.406)
   config.std = (0.229, 0.224, 0.225)
-  config.crop_padding = 28
+  config.preprocess = 'imagenet'
+  config.crop_padding = 0
   config.autoaugment = False
   config.cutout_size = 0
   config.num_epochs = 120
   config.batch_size = 256
   config.eval_batch_size = 200
   config.eval_every_epochs = 5
+  config.data_threads = 16
   config.conversion.rhos = (8,)
   config.conversion.batch_size = 50
   return config

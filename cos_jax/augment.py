@@ -1,12 +1,14 @@
-"""Training augmentation on uint8 NHWC batches (SPEC section 7), run on the host.
+"""Per-image training and evaluation views (SPEC section 7), run on the host by the pipeline.
 
 Random crop with zero padding, horizontal flip, AutoAugment's CIFAR-10 policy (Cubuk et al.,
 2019, as the reference code implements it: grey fill, bicubic shears) and Cutout (DeVries &
 Taylor, 2017: one square hole, filled with the mean colour so that it normalises to about
-zero). Every random choice comes from the generator passed in.
+zero); ImageNet's RandomResizedCrop and flips, and its resize-and-centre-crop evaluation view.
+Every random choice comes from the generator passed in.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -87,68 +89,149 @@ def _apply_op(image: Image.Image, name: str, level: int, rng: np.random.Generato
   raise ValueError(f'Unknown AutoAugment operation {name!r}.')
 
 
-def autoaugment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Applies one randomly chosen CIFAR-10 sub-policy to one uint8 HWC RGB image."""
-  pil = Image.fromarray(image)
+def autoaugment_pil(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+  """Applies one randomly chosen CIFAR-10 sub-policy to one PIL image."""
   for name, probability, level in CIFAR10_POLICY[rng.integers(len(CIFAR10_POLICY))]:
     if rng.random() < probability:
-      pil = _apply_op(pil, name, level, rng)
-  return np.asarray(pil, np.uint8)
+      image = _apply_op(image, name, level, rng)
+  return image
 
 
-def random_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
-  """Pads each image with zeros by `padding` pixels and crops it back at a random offset."""
-  n, h, w, _ = images.shape
-  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  dy = rng.integers(0, 2 * padding + 1, n)
-  dx = rng.integers(0, 2 * padding + 1, n)
-  rows = dy[:, None] + np.arange(h)[None]
-  cols = dx[:, None] + np.arange(w)[None]
-  return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+def pad_and_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+  """Pads with zeros by `padding` pixels and crops back to the image's size at a random offset."""
+  height, width = image.shape[:2]
+  dy, dx = rng.integers(0, 2 * padding + 1, 2)
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  return padded[dy:dy + height, dx:dx + width]
 
 
-def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  flip = rng.random(len(images)) < 0.5
-  return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-def cutout(images: np.ndarray, size: int, fill: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Fills one size x size square per image (centre uniform, clipped at the border) with `fill`."""
-  n, h, w, _ = images.shape
-  cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
-  ys, xs = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
-  inside = ((np.abs(ys - cy[:, None, None]) * 2 < size + (ys >= cy[:, None, None]))
-            & (np.abs(xs - cx[:, None, None]) * 2 < size + (xs >= cx[:, None, None])))
-  return np.where(inside[..., None], fill.astype(images.dtype), images)
+def cutout(image: np.ndarray, size: int, fill: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Fills one size x size square (centre uniform, clipped at the border) with `fill`."""
+  height, width = image.shape[:2]
+  cy, cx = rng.integers(0, height), rng.integers(0, width)
+  top, left = max(cy - size // 2, 0), max(cx - size // 2, 0)
+  out = image.copy()
+  out[top:cy + (size + 1) // 2, left:cx + (size + 1) // 2] = fill.astype(image.dtype)
+  return out
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _array(image: Image.Image, channels: int) -> np.ndarray:
+  return np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], channels)
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize to (height, width) (PIL's, antialiased when shrinking); no-op at that size."""
+  if image.shape[:2] == (height, width):
+    return image
+  return _array(_pil(image).resize((width, height), Image.BILINEAR), image.shape[-1])
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """(top, left, h, w) of torchvision's RandomResizedCrop: up to 10 draws of an area fraction in
+  `scale` and a log-uniform aspect ratio in `ratio`, else the centre crop of the nearest ratio."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  if width / height < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif width / height > ratio[1]:
+    w, h = int(round(height * ratio[1])), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """RandomResizedCrop(size): a random box (random_resized_crop_box), resized bilinearly."""
+  top, left, h, w = random_resized_crop_box(*image.shape[:2], rng)
+  return resize(image[top:top + h, left:left + w], size, size)
+
+
+def resize_and_center_crop(image: np.ndarray, size: int, shorter_side: int) -> np.ndarray:
+  """torchvision's Resize(shorter_side) then CenterCrop(size): the evaluation view of ImageNet."""
+  height, width = image.shape[:2]
+  if height <= width:
+    new_h, new_w = shorter_side, int(shorter_side * width / height)
+  else:
+    new_h, new_w = int(shorter_side * height / width), shorter_side
+  image = resize(image, new_h, new_w)
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+  return image[top:top + size, left:left + size]
+
+
+RECIPES = ('cifar', 'imagenet')
+IMAGENET_CROP_FRACTION = 224 / 256
+"""ImageNet evaluation: the shorter side is resized to size / this, then centre-cropped."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Augment:
-  """The training augmentation of a config: `Augment.from_config(config)(images, rng)`."""
-  crop_padding: int
-  flip: bool
-  autoaugment: bool
-  cutout_size: int
-  mean: tuple[float, ...]
+class TrainTransform:
+  """The training view of one uint8 [H, W, C] image (SPEC section 7), by recipe:
+
+  'cifar': the image at the model's size (resized if it differs), a crop of it padded by
+  `crop_padding`, a flip, AutoAugment's CIFAR-10 policy, Cutout; each step optional.
+  'imagenet': RandomResizedCrop to the model's size (scale 0.08-1, ratio 3/4-4/3), a flip.
+  """
+  recipe: str
+  height: int
+  width: int
+  crop_padding: int = 0
+  flip: bool = False
+  autoaugment: bool = False
+  cutout_size: int = 0
+  mean: tuple[float, ...] = ()
 
   @classmethod
-  def from_config(cls, config) -> 'Augment | None':
-    augment = cls(config.crop_padding, config.flip, config.autoaugment, config.cutout_size,
-                  tuple(config.mean))
-    return augment if augment.active else None
+  def from_config(cls, config) -> 'TrainTransform':
+    height, width = config.input_shape[:2]
+    return cls(config.get('preprocess', 'cifar'), height, width, config.crop_padding,
+               config.flip, config.autoaugment, config.cutout_size, tuple(config.mean))
 
-  @property
-  def active(self) -> bool:
-    return bool(self.crop_padding or self.flip or self.autoaugment or self.cutout_size)
-
-  def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if self.recipe == 'imagenet':
+      image = random_resized_crop(image, self.height, rng)
+      return random_flip(image, rng) if self.flip else image
+    image = resize(image, self.height, self.width)
     if self.crop_padding:
-      images = random_crop(images, self.crop_padding, rng)
+      image = pad_and_crop(image, self.crop_padding, rng)
     if self.flip:
-      images = random_flip(images, rng)
+      image = random_flip(image, rng)
     if self.autoaugment:
-      images = np.stack([autoaugment(image, rng) for image in images])
+      image = _array(autoaugment_pil(_pil(image), rng), image.shape[-1])
     if self.cutout_size:
-      fill = np.round(np.asarray(self.mean) * 255)
-      images = cutout(images, self.cutout_size, fill, rng)
-    return images
+      image = cutout(image, self.cutout_size, np.round(np.asarray(self.mean) * 255), rng)
+    return np.ascontiguousarray(image)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+  """The evaluation view: 'cifar' the image at the model's size; 'imagenet' the shorter side
+  resized to size / IMAGENET_CROP_FRACTION (256 for 224), then the centre crop."""
+  recipe: str
+  height: int
+  width: int
+
+  @classmethod
+  def from_config(cls, config) -> 'EvalTransform':
+    height, width = config.input_shape[:2]
+    return cls(config.get('preprocess', 'cifar'), height, width)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    if self.recipe == 'imagenet':
+      return resize_and_center_crop(image, self.height,
+                                    int(round(self.height / IMAGENET_CROP_FRACTION)))
+    return resize(image, self.height, self.width)

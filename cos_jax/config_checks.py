@@ -5,7 +5,7 @@ import math
 
 import ml_collections
 
-from cos_jax import models
+from cos_jax import augment, models
 
 DATA_SOURCES = ('tfds', 'cifar_pickle', 'image_folder', 'digits', 'synthetic')
 
@@ -84,12 +84,16 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
          'conversion.num_examples', '-1 for the whole test set, or an integer >= 1')
     positive_int('conversion.chunk', minimum=0)
 
+  need(config.get('preprocess', 'cifar') in augment.RECIPES, 'preprocess',
+       f'one of {list(augment.RECIPES)}')
+
   if training:
     for field in ('batch_size', 'num_epochs', 'log_every_steps', 'checkpoint_every_steps',
                   'eval_batch_size', 'threshold_init_examples'):
       positive_int(field)
-    for field in ('eval_every_epochs', 'crop_padding', 'cutout_size'):
+    for field in ('eval_every_epochs', 'crop_padding', 'cutout_size', 'data_workers'):
       positive_int(field, minimum=0)
+    positive_int('data_threads')
     rate = config.get('learning_rate')
     need(_is_number(rate) and rate > 0, 'learning_rate', 'a number > 0')
     momentum = config.get('momentum')

@@ -18,6 +18,7 @@ import numpy as np
 
 from cos_jax import data, parallel, xla
 from cos_jax import snn as snn_lib
+from cos_jax.augment import EvalTransform
 
 ENERGY_MAC_PJ = 4.6
 ENERGY_AC_PJ = 0.9
@@ -55,12 +56,14 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   ann_correct = 0
   ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
-  for start in range(0, n, conversion.batch_size):
-    images = data.normalise(split.images[start:start + conversion.batch_size], config.mean,
-                            config.std)
-    labels = split.labels[start:start + conversion.batch_size]
+  batches = data.eval_batches(split, conversion.batch_size, EvalTransform.from_config(config),
+                              config.input_shape, threads=config.get('data_threads', 2),
+                              process_index=0, process_count=1)  # whole batches in every process
+  for start, (images, labels, real) in zip(range(0, n, conversion.batch_size), batches,
+                                           strict=True):
+    images, labels = data.normalise(images[real], config.mean, config.std), labels[real]
     if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
-      (images,) = parallel.shard_batch(mesh, images)
+      (images,) = parallel.shard_global_batch(mesh, images)
     ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
     for name, rho in methods:
       logits, _, stats = snn_lib.calibrate_and_simulate(

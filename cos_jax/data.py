@@ -1,27 +1,31 @@
-"""Data sources and the host-side input pipeline.
+"""Data sources and the grain input pipeline.
 
-Every source yields the same thing: uint8 images [N, H, W, C] and int32 labels [N], held in
-memory (CIFAR is 150 MB; ImageNet-sized image folders are decoded once into a cache file).
-Batches are drawn in an order that is a pure function of (seed, epoch, step), so a resumed run
-sees exactly the batches an uninterrupted one would.
-
-Sources (`config.data_source`):
-  tfds          CIFAR-10/100, ImageNet through tensorflow-datasets (downloads; needs tensorflow).
+Every source is a random-access split: `len(split)` examples, `split[i]` one (uint8 [H, W, C]
+image, int label), read when asked for, so nothing but the arrays that are small anyway (digits,
+synthetic data, CIFAR pickles) is held in memory:
+  tfds          CIFAR-10/100, ImageNet through tensorflow-datasets' random-access `data_source`
+                (ArrayRecord files, prepared by tfds once; the download needs the internet).
   cifar_pickle  the `cifar-10-batches-py` / `cifar-100-python` folders other frameworks download.
-  image_folder  <data_dir>/<split>/<class>/*.jpg|*.png, classes sorted by name.
+  image_folder  <data_dir>/<split>/<class>/*.jpg|*.png, classes sorted by name, one file read
+                and decoded per example.
   digits        scikit-learn's bundled 8x8 digits: real data that needs no download.
   synthetic     random class-dependent patterns, for tests.
+
+The pipeline (`train_batches`, `eval_batches`) is a grain `MapDataset`: batch k of the run is a
+pure function of (seed, k), so a resumed run starts at its checkpoint's step and sees exactly
+the batches an uninterrupted one would; each process reads and transforms only its own share of
+every global batch, in threads or worker processes.
 """
 
 import dataclasses
-import hashlib
-import os
+import math
 import pickle
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grain
+import jax
 import numpy as np
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -34,12 +38,59 @@ class DataError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
+class ArraySplit:
+  """Examples held in memory."""
   images: np.ndarray  # uint8 [N, H, W, C]
   labels: np.ndarray  # int32 [N]
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return self.images[index], int(self.labels[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolderSplit:
+  """Image files, decoded one at a time when read (any size; 1 or 3 channels)."""
+  files: tuple[Path, ...]
+  labels: np.ndarray  # int32 [N]
+  channels: int
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return _decode_image(self.files[index], self.channels), int(self.labels[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSplit:
+  """A tensorflow-datasets `data_source`: random access into its ArrayRecord files."""
+  source: Any
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    example = self.source[index]
+    return np.asarray(example['image'], np.uint8), int(example['label'])
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetSplit:
+  """The examples of `parent` at `indices`, in that order."""
+  parent: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return self.parent[int(self.indices[index])]
+
+
+Split = ArraySplit | ImageFolderSplit | TfdsSplit | SubsetSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +102,7 @@ class Dataset:
 
 
 def load(config) -> Dataset:
-  """Loads the data set the config names (`data_source`, `dataset`, `data_dir`)."""
+  """Opens the data set the config names (`data_source`, `dataset`, `data_dir`)."""
   loaders = {'tfds': _load_tfds, 'cifar_pickle': _load_cifar_pickle,
              'image_folder': _load_image_folder, 'digits': _load_digits,
              'synthetic': _load_synthetic}
@@ -75,23 +126,22 @@ def _load_tfds(config) -> Dataset:
     offline_help = ('tfds cannot download ImageNet: download ILSVRC2012_img_train.tar and '
                     'ILSVRC2012_img_val.tar from image-net.org into ~/tensorflow_datasets/'
                     'downloads/manual/ and run again, or use --config.data_source=image_folder '
-                    '--config.data_dir=<root with train/<class>/ and test/<class>/>.')
+                    '--config.data_dir=<root with train/<class>/ and val/<class>/>.')
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    splits = tfds.as_numpy(tfds.load(name, split=['train', config.test_split], batch_size=-1,
-                                     as_supervised=True, data_dir=config.get('tfds_dir') or None))
+    splits = tfds.data_source(name, split=['train', config.test_split],
+                              data_dir=config.get('tfds_dir') or None)
   except ImportError as error:
     raise DataError(f'The tfds source needs tensorflow-datasets and tensorflow ({error}): '
                     f'pip install "cos_jax[tfds]". {offline_help}') from error
   except Exception as error:  # tfds raises many types for network and manual-download problems.
     raise DataError(f'tfds could not load {name!r}: {type(error).__name__}: {error}. '
                     f'{offline_help}') from error
-  (train_x, train_y), (test_x, test_y) = splits
-  num_classes = int(max(train_y.max(), test_y.max()) + 1)
-  return Dataset(Split(train_x, train_y.astype(np.int32)), Split(test_x, test_y.astype(np.int32)),
-                 num_classes, tuple(str(i) for i in range(num_classes)))
-
-
+  features = splits[0].dataset_info.features
+  num_classes = features['label'].num_classes
+  names = tuple(features['label'].names) if features['label'].names else tuple(
+      str(i) for i in range(num_classes))
+  return Dataset(TfdsSplit(splits[0]), TfdsSplit(splits[1]), num_classes, names)
 def _require_dir(path: Path, what: str) -> Path:
   if not path.is_dir():
     raise DataError(f'{what}: expected a folder at {path}, found '
@@ -132,7 +182,7 @@ def _load_cifar_pickle(config) -> Dataset:
       except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
         raise DataError(f'CIFAR pickles: {path} is not a CIFAR python batch '
                         f'({type(error).__name__}: {error}); {how}.') from error
-    return Split(np.concatenate(images).transpose(0, 2, 3, 1), np.concatenate(labels))
+    return ArraySplit(np.concatenate(images).transpose(0, 2, 3, 1), np.concatenate(labels))
 
   train, test = read(train_files), read(test_files)
   num_classes = 10 if config.dataset == 'cifar10' else 100
@@ -143,8 +193,8 @@ def _load_cifar_pickle(config) -> Dataset:
   return Dataset(train, test, num_classes, names)
 
 
-def _decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
-  """One image file as uint8 [image_size, image_size, channels]; DataError naming the file."""
+def _decode_image(path: Path, channels: int) -> np.ndarray:
+  """One image file as uint8 [H, W, channels] at its own size; DataError naming the file."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
@@ -153,25 +203,22 @@ def _decode_image(path: Path, image_size: int, channels: int) -> np.ndarray:
         wide = np.asarray(image, np.int64)
         image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), 'L')
       image = image.convert('RGB' if channels == 3 else 'L')
-      if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.BILINEAR)
-      return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
+      return np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], channels)
   except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for damaged files
     raise DataError(f'image_folder: cannot decode {path} ({type(error).__name__}: {error}); '
                     'replace or remove the file.') from error
 
 
-def _decode_folder(split_dir: Path, classes: list[str], image_size: int,
-                   channels: int) -> Split:
-  images, labels = [], []
+def _list_folder(split_dir: Path, classes: list[str], channels: int) -> ImageFolderSplit:
+  files, labels = [], []
   for label, name in enumerate(classes):
-    files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
       raise DataError(f'image_folder: the class folder {split_dir / name} holds no '
                       f'{"/".join(IMAGE_SUFFIXES)} files: add its images or remove the folder.')
-    images += [_decode_image(path, image_size, channels) for path in files]
-    labels += [label] * len(files)
-  return Split(np.stack(images), np.asarray(labels, np.int32))
+    files += found
+    labels += [label] * len(found)
+  return ImageFolderSplit(tuple(files), np.asarray(labels, np.int32), channels)
 
 
 def _load_image_folder(config) -> Dataset:
@@ -188,34 +235,13 @@ def _load_image_folder(config) -> Dataset:
   if test_classes != classes:
     raise DataError(f'image_folder: the class folders of {split_dirs[config.test_split]} '
                     f'({test_classes}) differ from those of {split_dirs["train"]} ({classes}).')
-  image_size, channels = config.input_shape[0], config.input_shape[2]
+  channels = config.input_shape[2]
   if channels not in (1, 3):
     raise DataError(f'image_folder decodes to 1 (grayscale) or 3 (RGB) channels; input_shape '
                     f'{tuple(config.input_shape)} asks for {channels}.')
-  cache = _cache_path(config, root, image_size, channels)
-  if cache.is_file():
-    with np.load(cache) as arrays:
-      splits = [Split(arrays[f'{s}_images'], arrays[f'{s}_labels']) for s in ('train', 'test')]
-  else:
-    splits = [_decode_folder(split_dirs[s], classes, image_size, channels)
-              for s in ('train', config.test_split)]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix('.partial.npz')
-    np.savez(partial, train_images=splits[0].images, train_labels=splits[0].labels,
-             test_images=splits[1].images, test_labels=splits[1].labels)
-    os.replace(partial, cache)
-  return Dataset(splits[0], splits[1], len(classes), tuple(classes))
-
-
-def _cache_path(config, root: Path, image_size: int, channels: int) -> Path:
-  """The decoded-array cache of an image folder, keyed by its path, the image size and channels,
-  and every file's name, size and modification time (an image replaced in place is seen)."""
-  listing = sorted(f'{p.relative_to(root)}|{p.stat().st_size}|{p.stat().st_mtime_ns}'
-                   for p in root.glob('*/*/*'))
-  key = hashlib.sha256(f'{root.resolve()}|{image_size}|{channels}|{config.test_split}|'
-                       f'{chr(10).join(listing)}'.encode()).hexdigest()[:16]
-  cache_dir = Path(config.get('cache_dir') or '~/.cache/cos_jax').expanduser()
-  return cache_dir / f'image_folder_{key}.npz'
+  train, test = (_list_folder(split_dirs[s], classes, channels)
+                 for s in ('train', config.test_split))
+  return Dataset(train, test, len(classes), tuple(classes))
 
 
 def _load_digits(config) -> Dataset:
@@ -226,7 +252,8 @@ def _load_digits(config) -> Dataset:
   order = np.random.default_rng(0).permutation(len(labels))  # a fixed, documented split
   test = order[:config.get('digits_test_size', 360)]
   train = order[config.get('digits_test_size', 360):]
-  return Dataset(Split(images[train], labels[train]), Split(images[test], labels[test]), 10,
+  return Dataset(ArraySplit(images[train], labels[train]),
+                 ArraySplit(images[test], labels[test]), 10,
                  tuple(str(i) for i in range(10)))
 
 
@@ -239,7 +266,7 @@ def _load_synthetic(config) -> Dataset:
   def make(n):
     labels = rng.integers(0, config.num_classes, n).astype(np.int32)
     noise = rng.normal(0, 40, (n,) + shape)
-    return Split(np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels)
+    return ArraySplit(np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels)
 
   return Dataset(make(config.synthetic_train_size), make(config.synthetic_test_size),
                  config.num_classes, tuple(str(i) for i in range(config.num_classes)))
@@ -252,8 +279,7 @@ def subset(split: Split, size: int) -> Split:
   """
   if size < 0 or size >= len(split):
     return split
-  chosen = np.sort(np.random.default_rng(0).permutation(len(split))[:size])
-  return Split(split.images[chosen], split.labels[chosen])
+  return SubsetSplit(split, np.sort(np.random.default_rng(0).permutation(len(split))[:size]))
 
 
 def normalise(images: np.ndarray, mean, std) -> np.ndarray:
@@ -262,61 +288,121 @@ def normalise(images: np.ndarray, mean, std) -> np.ndarray:
           / np.asarray(std, np.float32))
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The example order of one epoch: a pure function of (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+@dataclasses.dataclass(frozen=True)
+class _Share:
+  """Where this process's examples lie: global batches of `batch_size`, of which the process
+  holds the `local` slots from `first`. Maps an index of the process's example stream to the
+  example's position in the global stream."""
+  batch_size: int
+  local: int
+  first: int
+
+  @classmethod
+  def of(cls, batch_size: int, process_index: int | None, process_count: int | None) -> '_Share':
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if batch_size % process_count:
+      raise ValueError(f'The batch of {batch_size} cannot be split evenly over {process_count} '
+                       'processes: make it a multiple of the process count.')
+    local = batch_size // process_count
+    return cls(batch_size, local, process_index * local)
+
+  def position(self, index: int) -> tuple[int, int]:
+    """(global batch, global position) of the process's `index`-th example."""
+    batch, slot = divmod(index, self.local)
+    return batch, batch * self.batch_size + self.first + slot
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+  """The process's `index`-th training example, transformed with a generator seeded by its
+  position in the global stream (so the process count does not change what any example is)."""
+  split: Split
+  order: grain.MapDataset  # example indices, reshuffled every epoch
+  share: _Share
+  steps_per_epoch: int
+  transform: Any
+  seed: int
+
+  def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    step, position = self.share.position(index)
+    epoch = step // self.steps_per_epoch
+    within = position - epoch * self.steps_per_epoch * self.share.batch_size
+    image, label = self.split[self.order[epoch * len(self.split) + within]]
+    rng = np.random.default_rng([self.seed, position])
+    return self.transform(image, rng), np.int32(label)
+
+
+def _iterate(dataset: grain.MapDataset, threads: int, workers: int) -> Iterator:
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(threads, 1),
+                                                       prefetch_buffer_size=max(2 * threads, 2)))
+  if workers:
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(iterable)
 
 
 def train_batches(split: Split, *, batch_size: int, seed: int, start_step: int, num_steps: int,
-                  augment, prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields (uint8 images, labels) for steps start_step..num_steps-1, drop-remainder epochs.
+                  transform, threads: int = 2, workers: int = 0, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields this process's share (uint8 images, int32 labels) of the global batches of steps
+  start_step..num_steps-1; every epoch is a new permutation of the split, its remainder dropped.
 
-  A background thread prepares (and augments) batches ahead of the training step. Batch k of the
-  run depends only on (seed, k), so resuming at start_step replays nothing and skips nothing.
+  Args:
+    split: the training split.
+    batch_size: the global batch size (over every process).
+    seed: the run's seed; batch k depends on (seed, k) only.
+    start_step, num_steps: the steps to produce.
+    transform: `transform(image, rng) -> image` of the fixed training shape.
+    threads: threads reading and transforming batches ahead of the step.
+    workers: grain worker processes doing that instead (0: in this process).
+    process_index, process_count: which share to read (default: this JAX process's).
   """
   steps_per_epoch = len(split) // batch_size
   if steps_per_epoch < 1:
     raise DataError(f'batch_size {batch_size} is larger than the training set ({len(split)}).')
-
-  def make(step):
-    epoch, index = divmod(step, steps_per_epoch)
-    order = epoch_order(len(split), seed, epoch)[index * batch_size:(index + 1) * batch_size]
-    images = split.images[order]
-    if augment is not None:
-      images = augment(images, np.random.default_rng([seed, epoch, index, 1]))
-    return images, split.labels[order]
-
-  ready: queue.Queue = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
-
-  def produce():
-    try:
-      for step in range(start_step, num_steps):
-        if stop.is_set():
-          return
-        ready.put(make(step))
-    except Exception as error:  # handed to the consumer, which re-raises it
-      ready.put(error)
-
-  threading.Thread(target=produce, daemon=True).start()
-  try:
-    for _ in range(start_step, num_steps):
-      batch = ready.get()
-      if isinstance(batch, Exception):
-        raise batch
-      yield batch
-  finally:
-    stop.set()
+  share = _Share.of(batch_size, process_index, process_count)
+  epochs = math.ceil(num_steps / steps_per_epoch)
+  order = grain.MapDataset.range(len(split)).shuffle(seed=seed).repeat(epochs)
+  example = _TrainExample(split, order, share, steps_per_epoch, transform, seed)
+  dataset = (grain.MapDataset.range(num_steps * share.local).map(example)
+             .batch(share.local, drop_remainder=True))
+  return _iterate(dataset[start_step:num_steps], threads, workers)
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-  """Yields (images, labels, n_valid), the last batch zero-padded to batch_size."""
-  for start in range(0, len(split), batch_size):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size]
-    valid = len(labels)
-    if valid < batch_size:
-      pad = batch_size - valid
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-    yield images, labels, valid
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+  """The process's `index`-th evaluation example and whether it is real (not batch padding)."""
+  split: Split
+  share: _Share
+  transform: Any
+  shape: tuple[int, ...]
+
+  def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _, position = self.share.position(index)
+    if position >= len(self.split):
+      return np.zeros(self.shape, np.uint8), np.int32(0), np.bool_(False)
+    image, label = self.split[position]
+    return self.transform(image), np.int32(label), np.bool_(True)
+
+
+def eval_batches(split: Split, batch_size: int, transform, shape, *, threads: int = 2,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields this process's share (images, labels, real) of the split in order, in global
+  batches of `batch_size`; the last one is padded with blank images that `real` marks False.
+
+  `transform(image) -> image` of `shape` (H, W, C) makes every image the model's size.
+  """
+  share = _Share.of(batch_size, process_index, process_count)
+  batches = math.ceil(len(split) / batch_size)
+  example = _EvalExample(split, share, transform, tuple(shape))
+  dataset = grain.MapDataset.range(batches * share.local).map(example).batch(share.local)
+  return _iterate(dataset, threads, workers=0)
+
+
+def examples(split: Split, transform, shape,
+             batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Every example of a (small) split, transformed, as (images, labels) arrays in this process."""
+  parts = [(images[real], labels[real]) for images, labels, real in
+           eval_batches(split, batch_size, transform, shape, process_index=0, process_count=1)]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

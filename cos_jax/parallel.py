@@ -14,18 +14,24 @@ def data_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def shard_batch(mesh: jax.sharding.Mesh, *arrays):
-  """Places global-batch host arrays on the mesh, split along their first (batch) axis.
+def shard_batch(mesh: jax.sharding.Mesh, *local_arrays):
+  """Places this process's share of a global batch on the mesh, split along the batch axis.
 
-  Every process holds the same global batch (the batch order is a function of the seed and
-  the step); each contributes its contiguous share to the devices it owns.
+  Every process passes its own contiguous share (the input pipeline reads only that); together
+  they make global arrays of process_count times the local batch.
   """
   sharding = NamedSharding(mesh, PartitionSpec('data'))
-  count, index = jax.process_count(), jax.process_index()
   return tuple(
       jax.make_array_from_process_local_data(
-          sharding, a[index * (len(a) // count):(index + 1) * (len(a) // count)], a.shape)
-      for a in arrays)
+          sharding, a, (len(a) * jax.process_count(),) + a.shape[1:])
+      for a in local_arrays)
+
+
+def shard_global_batch(mesh: jax.sharding.Mesh, *arrays):
+  """Places a global batch that every process holds whole: each contributes its share."""
+  count, index = jax.process_count(), jax.process_index()
+  return shard_batch(mesh, *(a[index * (len(a) // count):(index + 1) * (len(a) // count)]
+                             for a in arrays))
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):

@@ -25,7 +25,7 @@ from flax.training import train_state
 
 from cos_jax import config_checks, conversion_report, data, models, parallel, torch_import, xla
 from cos_jax import workdir as workdir_lib
-from cos_jax.augment import Augment
+from cos_jax.augment import EvalTransform, TrainTransform
 from cos_jax.layers import Activation
 from cos_jax.qcfs import qcfs
 
@@ -208,23 +208,24 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, dropout_
   return state, {'loss': loss, 'accuracy': accuracy}
 
 
-def eval_step(variables, images, labels, valid, *, apply_fn, mean, std):
-  """Counts of correct predictions among the first `valid` (unpadded) examples."""
+def eval_step(variables, images, labels, real, *, apply_fn, mean, std):
+  """Counts of correct predictions among the real (not padding) examples."""
   logits = apply_fn(variables, _normalise_on_device(images, mean, std), train=False)
-  mask = jnp.arange(labels.shape[0]) < valid
-  return ((logits.argmax(-1) == labels) & mask).sum()
+  return ((logits.argmax(-1) == labels) & real).sum()
 
 
 def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
-  """Top-1 accuracy of the ANN on a split, data-parallel over the mesh."""
+  """Top-1 accuracy of the ANN on a split, data-parallel over the mesh; each process reads its
+  share of every batch."""
   batch_size = config.eval_batch_size
   parallel.check_divisible(batch_size, 'eval_batch_size')
   step = _jitted_eval_step(apply_fn, tuple(config.mean), tuple(config.std))
   replicated = parallel.replicate(variables, mesh)
   correct = 0
-  for images, labels, valid in data.eval_batches(split, batch_size):
-    images, labels = parallel.shard_batch(mesh, images, labels)
-    correct += step(replicated, images, labels, valid)
+  batches = data.eval_batches(split, batch_size, EvalTransform.from_config(config),
+                              config.input_shape, threads=config.get('data_threads', 2))
+  for images, labels, real in batches:
+    correct += step(replicated, *parallel.shard_batch(mesh, images, labels, real))
   return float(correct) / len(split)
 
 
@@ -299,7 +300,8 @@ def restore_variables(config: ml_collections.ConfigDict, workdir) -> tuple[nn.Mo
 
 def _thresholds_from_data(config, model, state: TrainState, split: data.Split) -> dict:
   """`data_driven_thresholds` on a fixed random subset of the (unaugmented) training images."""
-  images = data.subset(split, config.threshold_init_examples).images
+  images, _ = data.examples(data.subset(split, config.threshold_init_examples),
+                            EvalTransform.from_config(config), config.input_shape)
   params = data_driven_thresholds(
       model, {'params': state.params, 'batch_stats': state.batch_stats},
       _normalise_on_device(jnp.asarray(images), tuple(config.mean), tuple(config.std)),
@@ -370,7 +372,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   _, schedule = create_optimizer(config, steps_per_epoch)
   batches = data.train_batches(dataset.train, batch_size=config.batch_size, seed=config.seed,
                                start_step=start_step, num_steps=total_steps,
-                               augment=Augment.from_config(config))
+                               transform=TrainTransform.from_config(config),
+                               threads=config.get('data_threads', 2),
+                               workers=config.get('data_workers', 0))
   history, window_start = [], time.time()
   try:  # closing waits for a save in flight, on Ctrl-C or an error too, then lets go
     for step in range(start_step, total_steps):

@@ -78,3 +78,54 @@ def test_posterize_bits_run_from_8_to_4():
   bits = [int(_op(image, 'Posterize', level)[0, 0, 0]) for level in range(10)]
   assert bits == [0b10111111] * 2 + [0b10111110] * 2 + [0b10111100] * 2 + [0b10111000] * 2 + [
       0b10110000] * 2
+
+
+def test_random_resized_crop_boxes_keep_the_reference_bounds():
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    top, left, h, w = augment.random_resized_crop_box(60, 80, rng)
+    assert 0 <= top <= 60 - h and 0 <= left <= 80 - w
+    # Rounding the sides to pixels moves area and ratio by at most half a pixel per side.
+    assert 0.08 * 4800 - (h + w) <= h * w <= 4800
+    assert 3 / 4 - 1 / h <= w / h <= 4 / 3 + 1 / h
+
+
+@pytest.mark.parametrize('height,width,box', [
+    (2, 100, (0, 48, 2, 3)),  # no draw fits: the centre crop at the widest ratio, 4/3
+    (100, 2, (48, 0, 3, 2)),  # and at the narrowest, 3/4 (round(2 / 0.75) = 3)
+])
+def test_random_resized_crop_falls_back_to_the_centre_crop(height, width, box):
+  assert augment.random_resized_crop_box(height, width, np.random.default_rng(0)) == box
+
+
+def test_random_resized_crop_resizes_its_box_bilinearly():
+  image = np.asarray(_gradient(40, 50))
+  top, left, h, w = augment.random_resized_crop_box(40, 50, np.random.default_rng(5))
+  expected = Image.fromarray(image[top:top + h, left:left + w]).resize((24, 24), Image.BILINEAR)
+  got = augment.random_resized_crop(image, 24, np.random.default_rng(5))
+  np.testing.assert_array_equal(got, np.asarray(expected))
+
+
+@pytest.mark.parametrize('height,width,resized,corner', [
+    (300, 400, (256, 341), (16, 58)),  # round(58.5) = 58, as torchvision's int(round(.))
+    (400, 300, (341, 256), (58, 16)),
+    (256, 256, (256, 256), (16, 16)),
+])
+def test_evaluation_view_resizes_the_shorter_side_and_centre_crops(height, width, resized,
+                                                                   corner):
+  image = np.random.default_rng(1).integers(0, 256, (height, width, 3)).astype(np.uint8)
+  top, left = corner
+  expected = np.asarray(Image.fromarray(image).resize(resized[::-1], Image.BILINEAR))
+  got = augment.EvalTransform('imagenet', 224, 224)(image)
+  np.testing.assert_array_equal(got, expected[top:top + 224, left:left + 224])
+
+
+def test_imagenet_training_view_is_a_resized_crop_and_a_flip():
+  image = np.asarray(_gradient(30, 45))
+  transform = augment.TrainTransform('imagenet', 16, 16, flip=True)
+  views = [transform(image, np.random.default_rng(seed)) for seed in range(6)]
+  assert all(view.shape == (16, 16, 3) for view in views)
+  for seed, view in enumerate(views):
+    rng = np.random.default_rng(seed)
+    crop = augment.random_resized_crop(image, 16, rng)
+    np.testing.assert_array_equal(view, crop[:, ::-1] if rng.random() < 0.5 else crop)

@@ -124,17 +124,39 @@ def test_nan_loss_names_the_step(tmp_path):
     training.train_and_evaluate(config, str(tmp_path))
 
 
+def _identity(image, rng):
+  del rng
+  return image
+
+
 def test_batch_order_is_a_function_of_the_step():
-  split = data.Split(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40))
+  split = data.ArraySplit(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40))
   whole = list(data.train_batches(split, batch_size=8, seed=3, start_step=0, num_steps=12,
-                                  augment=None))
+                                  transform=_identity))
   tail = list(data.train_batches(split, batch_size=8, seed=3, start_step=7, num_steps=12,
-                                 augment=None))
+                                 transform=_identity))
   for (a, la), (b, lb) in zip(whole[7:], tail, strict=True):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
-  epoch = np.concatenate([labels for _, labels in whole[:5]])
-  assert sorted(epoch) == list(range(40))  # an epoch visits every example once
+  epochs = [np.concatenate([labels for _, labels in whole[5 * e:5 * e + 5]]) for e in (0, 1)]
+  assert sorted(epochs[0]) == list(range(40))  # an epoch visits every example once
+  assert (epochs[0] != epochs[1]).any()  # and every epoch in a new order
+
+
+def test_processes_read_disjoint_shares_that_make_the_global_batch():
+  split = data.ArraySplit(np.arange(48, dtype=np.uint8).reshape(48, 1, 1, 1), np.arange(48))
+
+  def batches(index, count):
+    return list(data.train_batches(
+        split, batch_size=8, seed=1, start_step=2, num_steps=9, process_index=index,
+        process_count=count, transform=augment.TrainTransform('cifar', 1, 1, flip=True)))
+
+  whole = batches(0, 1)
+  shares = [batches(index, 4) for index in range(4)]
+  for step, (images, labels) in enumerate(whole):
+    assert all(len(share[step][1]) == 2 for share in shares)
+    np.testing.assert_array_equal(np.concatenate([share[step][1] for share in shares]), labels)
+    np.testing.assert_array_equal(np.concatenate([share[step][0] for share in shares]), images)
 
 
 def _write_cifar_pickles(root: Path, n: int = 4):
@@ -164,34 +186,29 @@ def test_cifar_pickle_source(tmp_path):
     data.load(_config(dataset='cifar10', data_source='cifar_pickle', data_dir=str(tmp_path)))
 
 
-def test_image_folder_source_decodes_once_into_a_cache(tmp_path, monkeypatch):
+def test_image_folder_source_reads_one_file_per_example_when_asked(tmp_path, monkeypatch):
   root = tmp_path / 'images'
   for split in ('train', 'test'):
     for label, name in enumerate(['cat', 'ant']):
       (root / split / name).mkdir(parents=True)
       for i in range(3):
-        pixels = np.full((8, 8, 3), 40 * label + 10 * i, np.uint8)
+        pixels = np.full((8, 8 + i, 3), 40 * label + 10 * i, np.uint8)  # sizes may differ
         Image.fromarray(pixels).save(root / split / name / f'{i}.png')
-  config = _config(data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3),
-                   cache_dir=str(tmp_path / 'cache'))
+  config = _config(data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3))
+  decode = data._decode_image
+  monkeypatch.setattr(data, '_decode_image', lambda *args: pytest.fail('decoded at load'))
   dataset = data.load(config)
   assert dataset.class_names == ('ant', 'cat')  # sorted by name, as the labels are
-  assert dataset.train.images.shape == (6, 8, 8, 3)
-  assert list(dataset.train.labels) == [0, 0, 0, 1, 1, 1]
-  assert dataset.train.images[0, 0, 0, 0] == 40  # ant is label 1 in the writer: value 40 + 10 i
-  assert len(list((tmp_path / 'cache').glob('*.npz'))) == 1
-  decode = data._decode_image
-
-  def no_decoding(*args):
-    raise AssertionError('a cache hit must not read the images again')
-
-  monkeypatch.setattr(data, '_decode_image', no_decoding)
-  again = data.load(config)
-  np.testing.assert_array_equal(again.train.images, dataset.train.images)
-  # An image replaced in place (same name) is decoded anew, not served stale from the cache.
+  assert len(dataset.train) == 6 and list(dataset.train.labels) == [0, 0, 0, 1, 1, 1]
   monkeypatch.setattr(data, '_decode_image', decode)
+  image, label = dataset.train[2]
+  assert image.shape == (8, 10, 3) and image[0, 0, 0] == 60 and label == 0  # its own size
+  # An image replaced in place is read as it is now.
   Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / 'train' / 'ant' / '0.png')
-  assert data.load(config).train.images[0, 0, 0, 0] == 7
+  assert dataset.train[0][0][0, 0, 0] == 7
+  images, labels, real = next(data.eval_batches(dataset.test, 4, augment.EvalTransform.from_config(
+      config), (8, 8, 3), process_index=0, process_count=1))
+  assert images.shape == (4, 8, 8, 3) and real.all()  # every image at the model's size
 
 
 def _image_folder(root: Path, write_first) -> None:
@@ -206,14 +223,14 @@ def _image_folder(root: Path, write_first) -> None:
 def test_image_folder_data_errors_name_the_file(tmp_path):
   def load(root, **overrides):
     return data.load(_config(**{'data_source': 'image_folder', 'data_dir': str(root),
-                                'input_shape': (8, 8, 3), 'cache_dir': str(tmp_path / 'cache'),
-                                **overrides}))
+                                'input_shape': (8, 8, 3), **overrides}))
 
   truncated = tmp_path / 'truncated'
   _image_folder(truncated, lambda path: path.with_suffix('.jpg').write_bytes(
       b'\xff\xd8\xff\xe0' + b'\x00' * 20))
   with pytest.raises(data.DataError, match=r'cannot decode .*truncated/train/a/0.jpg'):
-    load(truncated)
+    list(data.train_batches(load(truncated).train, batch_size=2, seed=0, start_step=0,
+                            num_steps=2, transform=_identity))
   empty = tmp_path / 'empty'
   _image_folder(empty, lambda path: None)
   (empty / 'train' / 'c').mkdir()
@@ -223,9 +240,9 @@ def test_image_folder_data_errors_name_the_file(tmp_path):
   deep = tmp_path / 'deep'
   _image_folder(deep, lambda path: Image.fromarray(
       np.full((8, 8), 40000, np.uint16)).save(path))
-  assert load(deep).train.images[0, 0, 0, 0] == 40000 >> 8  # 16 bits -> the top 8
+  assert load(deep).train[0][0][0, 0, 0] == 40000 >> 8  # 16 bits -> the top 8
   gray = load(deep, input_shape=(8, 8, 1), mean=(0.5,), std=(0.5,))
-  assert gray.train.images.shape == (4, 8, 8, 1)
+  assert gray.train[0][0].shape == (8, 8, 1)
 
 
 def test_missing_data_folders_say_what_was_expected(tmp_path):
@@ -247,7 +264,7 @@ def test_tfds_failure_tells_what_to_do(monkeypatch):
   def offline(*args, **kwargs):
     raise ConnectionError('no route to host')
 
-  monkeypatch.setattr(tfds, 'load', offline)
+  monkeypatch.setattr(tfds, 'data_source', offline)
   with pytest.raises(data.DataError, match='data_source=cifar_pickle'):
     data.load(_config(dataset='cifar10', data_source='tfds'))
   with pytest.raises(data.DataError, match='downloads/manual'):
@@ -255,10 +272,10 @@ def test_tfds_failure_tells_what_to_do(monkeypatch):
 
 
 def test_subset_spans_a_class_sorted_split():
-  split = data.Split(np.zeros((100, 1, 1, 1), np.uint8), np.repeat(np.arange(10), 10))
-  part = data.subset(split, 20)
-  assert len(part) == 20 and len(set(part.labels)) >= 6
-  np.testing.assert_array_equal(part.labels, data.subset(split, 20).labels)
+  split = data.ArraySplit(np.zeros((100, 1, 1, 1), np.uint8), np.repeat(np.arange(10), 10))
+  labels = [label for _, label in data.subset(split, 20)]
+  assert len(labels) == 20 and len(set(labels)) >= 6
+  assert labels == [label for _, label in data.subset(split, 20)]
   assert data.subset(split, -1) is split
 
 
@@ -269,18 +286,17 @@ def test_digits_source_is_real_and_offline():
 
 
 def test_augmentations_keep_shape_and_are_seeded():
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8)
-  full = augment.Augment(4, True, True, 16, (0.5, 0.5, 0.5))
-  a = full(images, np.random.default_rng(1))
-  b = full(images, np.random.default_rng(1))
-  assert a.shape == images.shape and a.dtype == np.uint8
+  image = np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8)
+  full = augment.TrainTransform('cifar', 32, 32, 4, True, True, 16, (0.5, 0.5, 0.5))
+  a = full(image, np.random.default_rng(1))
+  b = full(image, np.random.default_rng(1))
+  assert a.shape == image.shape and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
-  crop = augment.random_crop(images, 4, np.random.default_rng(2))
-  assert any((crop[i] == 0).all(-1).any() for i in range(16))  # zero padding shows
-  square = augment.cutout(np.ones((1, 32, 32, 1), np.uint8), 16, np.zeros(1),
+  crops = [augment.pad_and_crop(image, 4, np.random.default_rng(seed)) for seed in range(8)]
+  assert any((crop == 0).all(-1).any() for crop in crops)  # zero padding shows
+  square = augment.cutout(np.ones((32, 32, 1), np.uint8), 16, np.zeros(1),
                           np.random.default_rng(3))
-  assert (square == 0).sum() <= 256
+  assert 0 < (square == 0).sum() <= 256
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent('''
