@@ -27,6 +27,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 TFDS_NAMES = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'imagenet': 'imagenet2012'}
@@ -337,6 +338,8 @@ def _iterate(dataset: grain.MapDataset, threads: int, workers: int) -> Iterator:
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(threads, 1),
                                                        prefetch_buffer_size=max(2 * threads, 2)))
   if workers:
+    if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; train.py parses them
+      flags.FLAGS.mark_as_parsed()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(iterable)
 

@@ -467,3 +467,14 @@ def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_who
   assert process.returncode != 0 and 'KeyboardInterrupt' in process.stderr.read()
   _, variables = training.restore_variables(_config(), tmp_path)
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))
+
+
+def test_worker_processes_give_the_batches_of_threads():
+  split = data.ArraySplit(np.arange(32, dtype=np.uint8).reshape(32, 1, 1, 1) * 7, np.arange(32))
+  transform = augment.TrainTransform('cifar', 1, 1, flip=True)
+  threads, workers = (list(data.train_batches(split, batch_size=8, seed=2, start_step=1,
+                                              num_steps=6, transform=transform, workers=count))
+                      for count in (0, 2))
+  for (a, la), (b, lb) in zip(threads, workers, strict=True):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)

@@ -18,6 +18,7 @@ declare -A variants=(
   [d_thresholds_and_levels]="--config.threshold_init=percentile --config.levels_schedule=$schedule"
   [e_d_warmup_linear]="--config.threshold_init=percentile --config.levels_schedule=$schedule --config.warmup_epochs=0.2 --config.lr_schedule=linear"
   [f_d_smoothing_nesterov_no_bn_decay]="--config.threshold_init=percentile --config.levels_schedule=$schedule --config.label_smoothing=0.1 --config.nesterov=True --config.weight_decay_on=kernels"
+  [g_thresholds_gradual_levels]="--config.threshold_init=percentile --config.levels_schedule=0:32,0.3:16,0.5:8,0.7:4"
 )
 for name in $(printf '%s\n' "${!variants[@]}" | sort); do
   workdir="$runs/$name"
