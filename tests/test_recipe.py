@@ -19,8 +19,7 @@ def _recipe_config():
   config = test_config.get_config()
   config.update(levels_schedule='0:16,0.5:4', threshold_init='percentile',
                 threshold_init_examples=64, lr_schedule='linear', warmup_epochs=0.5,
-                nesterov=True, weight_decay_on='kernels', label_smoothing=0.1,
-                half_precision=True)
+                nesterov=True, weight_decay_on='kernels', label_smoothing=0.1)
   config.conversion.enabled = False
   return config
 
