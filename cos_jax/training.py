@@ -402,7 +402,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         history, window_start = [], time.time()
       end_of_epoch = done % steps_per_epoch == 0
       if done % config.checkpoint_every_steps == 0 or end_of_epoch or done == total_steps:
-        checkpoints.save(done, args=ocp.args.StandardSave(state))
+        checkpoints.save(done, args=ocp.args.StandardSave(state),
+                         custom_metadata={'state_sha256': workdir_lib.state_digest(state)})
       eval_every = config.get('eval_every_epochs', 0)
       if end_of_epoch and eval_every and (done // steps_per_epoch) % eval_every == 0:
         accuracy = evaluate({'params': state.params, 'batch_stats': state.batch_stats},

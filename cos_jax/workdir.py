@@ -8,6 +8,7 @@ restored from the newest checkpoint that is whole.
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -89,11 +90,34 @@ def _all_finite(tree) -> bool:
              if np.issubdtype(np.asarray(leaf).dtype, np.inexact))
 
 
+def state_digest(state) -> str:
+  """SHA-256 of every leaf of a (replicated) state: its path, dtype, shape and bytes.
+
+  Saved with each checkpoint and checked on restore: a flipped byte in a compressed checkpoint
+  file otherwise restores silently into slightly different, finite numbers.
+  """
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+    value = np.asarray(leaf)
+    if value.dtype.kind in 'biu':  # the step restores as a Python int: compare integers as int64
+      value = value.astype(np.int64)
+    digest.update(f'{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}|'.encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()
+
+
+def _saved_digest(directory: Path, step: int) -> str | None:
+  """The digest saved with a checkpoint; None for checkpoints written without one."""
+  metadata = ocp.CheckpointManager(directory).metadata(step)
+  return (getattr(metadata, 'custom_metadata', None) or {}).get('state_sha256')
+
+
 def restore_newest_whole(directory: Path, abstract_state):
   """The newest checkpoint that restores and holds only finite values, and its step.
 
-  A checkpoint cut short (a missing file, an empty step folder) or holding NaN or infinite
-  values is skipped with a message saying which and why.
+  A checkpoint cut short (a missing file, an empty step folder), whose bytes differ from what was
+  saved (`state_digest`), or holding NaN or infinite values is skipped with a message saying
+  which and why.
 
   Returns:
     `(state, step, skipped)`: `skipped` lists the steps of the newer, damaged checkpoints;
@@ -110,8 +134,13 @@ def restore_newest_whole(directory: Path, abstract_state):
     try:  # a manager per attempt: one that failed on a damaged step fails on the next
       state = ocp.CheckpointManager(directory).restore(
           step, args=ocp.args.StandardRestore(abstract_state))
+      saved_digest = _saved_digest(directory, step)
     except Exception as error:  # orbax and TensorStore raise many types for a damaged folder
       skipped.append((step, f'{type(error).__name__}: {str(error)[:200]}'))
+      continue
+    if saved_digest is not None and state_digest(state) != saved_digest:
+      skipped.append((step, 'its contents differ from what was saved (checksum mismatch: '
+                            'corrupted on disk)'))
       continue
     if not _all_finite(state):
       skipped.append((step, 'it holds NaN or infinite values'))
