@@ -106,10 +106,13 @@ def state_digest(state) -> str:
   return digest.hexdigest()
 
 
-def _saved_digest(directory: Path, step: int) -> str | None:
-  """The digest saved with a checkpoint; None for checkpoints written without one."""
-  metadata = ocp.CheckpointManager(directory).metadata(step)
-  return (getattr(metadata, 'custom_metadata', None) or {}).get('state_sha256')
+def _restore(directory: Path, step: int, abstract_state):
+  """(state, the digest saved with it or None) of one step, with a manager of its own, closed
+  after: one that failed on a damaged step fails on the next, and an open one leaks threads."""
+  with ocp.CheckpointManager(directory) as manager:
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    metadata = manager.metadata(step)
+  return state, (getattr(metadata, 'custom_metadata', None) or {}).get('state_sha256')
 
 
 def restore_newest_whole(directory: Path, abstract_state):
@@ -128,13 +131,12 @@ def restore_newest_whole(directory: Path, abstract_state):
   """
   if not directory.is_dir():
     return None, 0, []
-  steps = sorted(ocp.CheckpointManager(directory).all_steps(), reverse=True)
+  with ocp.CheckpointManager(directory) as manager:
+    steps = sorted(manager.all_steps(), reverse=True)
   skipped = []
   for step in steps:
-    try:  # a manager per attempt: one that failed on a damaged step fails on the next
-      state = ocp.CheckpointManager(directory).restore(
-          step, args=ocp.args.StandardRestore(abstract_state))
-      saved_digest = _saved_digest(directory, step)
+    try:
+      state, saved_digest = _restore(directory, step, abstract_state)
     except Exception as error:  # orbax and TensorStore raise many types for a damaged folder
       skipped.append((step, f'{type(error).__name__}: {str(error)[:200]}'))
       continue
