@@ -143,6 +143,8 @@ def _load_tfds(config) -> Dataset:
   names = tuple(features['label'].names) if features['label'].names else tuple(
       str(i) for i in range(num_classes))
   return Dataset(TfdsSplit(splits[0]), TfdsSplit(splits[1]), num_classes, names)
+
+
 def _require_dir(path: Path, what: str) -> Path:
   if not path.is_dir():
     raise DataError(f'{what}: expected a folder at {path}, found '
