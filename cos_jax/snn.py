@@ -11,6 +11,7 @@ fires (SPEC section 4). The steps after it continue from the carried potentials,
 and simulating T steps costs max(T, rho) steps of synaptic work, not rho + T.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -74,6 +75,14 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
                     f'{type(model).__name__}.')
   if model.spiking is not None:
     raise ValueError('convert needs the ANN model (spiking=None); this one is already converted.')
+  try:
+    hash(model)  # the simulation compiles per model: it is a static argument
+  except TypeError as error:
+    unhashable = [f.name for f in dataclasses.fields(model)
+                  if isinstance(getattr(model, f.name, None), (list, dict, set))]
+    raise ValueError(f'{type(model).__name__} cannot be converted: its fields must be hashable '
+                     f'(tuples, not lists or dicts), but {unhashable or "a field"} is not.'
+                     ) from error
   expected = models.abstract_variables(model)  # 'params', and 'batch_stats' with BatchNorm
   for collection in expected:
     if collection not in variables:

@@ -107,6 +107,9 @@ def test_convert_checks_variables(tiny_net):
     cos_jax.convert(tiny_net.model, {**tiny_net.variables, 'params': params})
   with pytest.raises(TypeError, match='needs a QCFS model with the fields spiking and input_shape'):
     cos_jax.convert(object(), tiny_net.variables)
+  listed = cos_jax.models.TinyNet(num_classes=5, levels=4, widths=[8, 16])
+  with pytest.raises(ValueError, match=r"fields must be hashable .*\['widths'\]"):
+    cos_jax.convert(listed, tiny_net.variables)
 
 
 @pytest.mark.parametrize('collection,layer,leaf,value,message', [
