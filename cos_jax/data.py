@@ -110,7 +110,16 @@ def load(config) -> Dataset:
   if config.data_source not in loaders:
     raise DataError(f'Unknown data_source {config.data_source!r}: expected one of '
                     f'{sorted(loaders)}.')
-  return loaders[config.data_source](config)
+  dataset = loaders[config.data_source](config)
+  if isinstance(dataset.train, ImageFolderSplit):  # decoded to the channels asked for
+    return dataset
+  channels = np.shape(dataset.train[0][0])[-1]
+  if channels != config.input_shape[2]:
+    raise DataError(f'The {config.data_source} data has {channels}-channel images, but '
+                    f'input_shape {tuple(config.input_shape)} asks for {config.input_shape[2]}: '
+                    f'set --config.input_shape with {channels} channels (and mean and std with '
+                    f'{channels} values each).')
+  return dataset
 
 
 def _load_tfds(config) -> Dataset:

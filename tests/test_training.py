@@ -283,6 +283,8 @@ def test_digits_source_is_real_and_offline():
   dataset = data.load(_config(dataset='digits', data_source='digits'))
   assert dataset.train.images.shape == (1437, 8, 8, 1)
   assert len(dataset.test) == 360 and dataset.num_classes == 10
+  with pytest.raises(data.DataError, match=r'1-channel images, but input_shape \(8, 8, 3\)'):
+    data.load(_config(dataset='digits', data_source='digits', input_shape=(8, 8, 3)))
 
 
 def test_augmentations_keep_shape_and_are_seeded():
