@@ -343,6 +343,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                      f'num_classes={config.num_classes}.')
   parallel.check_divisible(config.batch_size, 'batch_size')
   steps_per_epoch = len(dataset.train) // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'batch_size={config.batch_size} is larger than the training set '
+                     f'({len(dataset.train)} examples): lower --config.batch_size.')
   total_steps = config.num_epochs * steps_per_epoch
   model = create_model(config)
   state = create_train_state(config, model, steps_per_epoch, jax.random.key(config.seed))

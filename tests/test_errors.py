@@ -166,6 +166,10 @@ def test_simulation_compiles_once_per_shape(snn):
     ({'lr_schedule': 'step'}, r"lr_schedule='step' \(one of \['cosine', 'linear'\]\)"),
     ({'std': (0.5, 0.5)}, r'std=\(0.5, 0.5\) \(1 numbers, one per channel\)'),
     ({'data_source': 'image_folder'}, r"data_dir='' \(the data folder"),
+    ({'preprocess': 'crop'}, r"preprocess='crop' \(one of \['cifar', 'imagenet'\]\)"),
+    ({'data_threads': 0}, r'data_threads=0 \(an integer >= 1\)'),
+    ({'data_workers': -1}, r'data_workers=-1 \(an integer >= 0\)'),
+    ({'arch': 'nets:Missing'}, r"arch: arch 'nets:Missing': cannot import 'nets'"),
 ])
 def test_config_errors_come_first_and_name_the_field(tmp_path, overrides, message):
   config = test_config.get_config()
@@ -178,3 +182,10 @@ def test_config_errors_come_first_and_name_the_field(tmp_path, overrides, messag
   with pytest.raises(ValueError, match=message):
     training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()  # refused before anything was written
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_training(tmp_path):
+  config = test_config.get_config()
+  config.batch_size = 512  # the synthetic training set has 256 examples
+  with pytest.raises(ValueError, match=r'batch_size=512 is larger than the training set \(256'):
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
