@@ -224,11 +224,17 @@ class EvalTransform:
   recipe: str
   height: int
   width: int
+  channels: int = 3
 
   @classmethod
   def from_config(cls, config) -> 'EvalTransform':
-    height, width = config.input_shape[:2]
-    return cls(config.get('preprocess', 'cifar'), height, width)
+    height, width, channels = config.input_shape
+    return cls(config.get('preprocess', 'cifar'), height, width, channels)
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    """The (height, width, channels) of every view."""
+    return self.height, self.width, self.channels
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     if self.recipe == 'imagenet':

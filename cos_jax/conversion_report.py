@@ -57,7 +57,7 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
   batches = data.eval_batches(split, conversion.batch_size, EvalTransform.from_config(config),
-                              config.input_shape, threads=config.get('data_threads', 2),
+                              threads=config.get('data_threads', data.DEFAULT_THREADS),
                               process_index=0, process_count=1)  # whole batches in every process
   for start, (images, labels, real) in zip(range(0, n, conversion.batch_size), batches,
                                            strict=True):

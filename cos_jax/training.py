@@ -223,7 +223,7 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
   replicated = parallel.replicate(variables, mesh)
   correct = 0
   batches = data.eval_batches(split, batch_size, EvalTransform.from_config(config),
-                              config.input_shape, threads=config.get('data_threads', 2))
+                              threads=config.get('data_threads', data.DEFAULT_THREADS))
   for images, labels, real in batches:
     correct += step(replicated, *parallel.shard_batch(mesh, images, labels, real))
   return float(correct) / len(split)
@@ -301,7 +301,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir) -> tuple[nn.Mo
 def _thresholds_from_data(config, model, state: TrainState, split: data.Split) -> dict:
   """`data_driven_thresholds` on a fixed random subset of the (unaugmented) training images."""
   images, _ = data.examples(data.subset(split, config.threshold_init_examples),
-                            EvalTransform.from_config(config), config.input_shape)
+                            EvalTransform.from_config(config))
   params = data_driven_thresholds(
       model, {'params': state.params, 'batch_stats': state.batch_stats},
       _normalise_on_device(jnp.asarray(images), tuple(config.mean), tuple(config.std)),
@@ -376,7 +376,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   batches = data.train_batches(dataset.train, batch_size=config.batch_size, seed=config.seed,
                                start_step=start_step, num_steps=total_steps,
                                transform=TrainTransform.from_config(config),
-                               threads=config.get('data_threads', 2),
+                               threads=config.get('data_threads', data.DEFAULT_THREADS),
                                workers=config.get('data_workers', 0))
   history, window_start = [], time.time()
   try:  # closing waits for a save in flight, on Ctrl-C or an error too, then lets go

@@ -207,7 +207,7 @@ def test_image_folder_source_reads_one_file_per_example_when_asked(tmp_path, mon
   Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / 'train' / 'ant' / '0.png')
   assert dataset.train[0][0][0, 0, 0] == 7
   images, labels, real = next(data.eval_batches(dataset.test, 4, augment.EvalTransform.from_config(
-      config), (8, 8, 3), process_index=0, process_count=1))
+      config), process_index=0, process_count=1))
   assert images.shape == (4, 8, 8, 3) and real.all()  # every image at the model's size
 
 
