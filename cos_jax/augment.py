@@ -8,10 +8,11 @@ Every random choice comes from the generator passed in.
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
 
 MAGNITUDE_BINS = 10
 
@@ -45,52 +46,98 @@ CIFAR10_POLICY = (
 )
 
 
-FILL = (128, 128, 128)
-"""The grey that AutoAugment's geometric operations fill uncovered pixels with."""
+FILL = 128
+"""The grey that AutoAugment's geometric operations fill uncovered pixels with (every channel)."""
 
 
 def _signed(magnitude: float, rng: np.random.Generator) -> float:
   return magnitude if rng.random() < 0.5 else -magnitude
 
 
+@functools.cache
 def _magnitude(low: float, high: float, level: int) -> float:
   """Bin `level` of MAGNITUDE_BINS spread from low to high, as the reference's np.linspace."""
   return float(np.linspace(low, high, MAGNITUDE_BINS)[level])
 
 
-def _apply_op(image: Image.Image, name: str, level: int, rng: np.random.Generator) -> Image.Image:
-  """One AutoAugment operation at magnitude bin `level`, as the reference's policy defines it:
-  shears bicubic, translations and rotations nearest, uncovered pixels grey, rotations
-  counter-clockwise only, solarize thresholds from 256 down to 0."""
-  width, height = image.size
+def _per_channel_lut(image: np.ndarray, luts: np.ndarray) -> np.ndarray:
+  """Maps channel c of a uint8 [H, W, C] image through the 256-entry table luts[c]."""
+  return luts[np.arange(image.shape[-1]), image]
+
+
+def autocontrast(image: np.ndarray) -> np.ndarray:
+  """PIL's `ImageOps.autocontrast(image)` in NumPy, equal to it: each channel stretched linearly
+  from its [min, max] to [0, 255], truncating; a constant channel is left as it is."""
+  luts = np.tile(np.arange(256, dtype=np.int64), (image.shape[-1], 1))
+  for channel, (low, high) in enumerate(zip(image.min((0, 1)).tolist(),
+                                            image.max((0, 1)).tolist(), strict=True)):
+    if high > low:  # PIL's table: int(ix * scale + offset) in float64, clipped to 0..255
+      scale = 255.0 / (high - low)
+      luts[channel] = np.clip(np.trunc(np.arange(256) * scale + -low * scale), 0, 255)
+  return _per_channel_lut(image, luts.astype(np.uint8))
+
+
+def equalize(image: np.ndarray) -> np.ndarray:
+  """PIL's `ImageOps.equalize(image)` in NumPy, equal to it: per channel, the table
+  (step // 2 + pixels below the value) // step with step = (pixels - pixels at the maximum) // 255,
+  clipped to 255; a channel with one value or step 0 is left as it is."""
+  luts = np.tile(np.arange(256, dtype=np.int64), (image.shape[-1], 1))
+  for channel in range(image.shape[-1]):
+    counts = np.bincount(image[..., channel].ravel(), minlength=256)
+    present = counts[counts > 0]
+    step = (int(present.sum()) - int(present[-1])) // 255 if len(present) > 1 else 0
+    if step:
+      below = np.cumsum(counts) - counts
+      luts[channel] = np.minimum((step // 2 + below) // step, 255)
+  return _per_channel_lut(image, luts.astype(np.uint8))
+
+
+def _pil_op(image: np.ndarray, op) -> np.ndarray:
+  """`op` applied to the image as PIL's, back as an array."""
+  return _array(op(_pil(image)), image.shape[-1])
+
+
+def _apply_op(image: np.ndarray, name: str, level: int, rng: np.random.Generator) -> np.ndarray:
+  """One AutoAugment operation at magnitude bin `level` on a uint8 [H, W, C] image, as the
+  reference's policy defines it with PIL: shears bicubic, translations and rotations nearest,
+  uncovered pixels grey, rotations counter-clockwise only, solarize thresholds from 256 down to 0.
+  The table operations (posterize, solarize, autocontrast, equalize, invert) run in NumPy with
+  PIL's results: PIL builds their tables in Python, which made them the pipeline's slowest ops."""
+  height, width = image.shape[:2]
+  fill = (FILL,) * image.shape[-1]
   if name in ('ShearX', 'ShearY'):
     shear = _signed(_magnitude(0, 0.3, level), rng)
     matrix = (1, shear, 0, 0, 1, 0) if name == 'ShearX' else (1, 0, 0, shear, 1, 0)
-    return image.transform(image.size, Image.AFFINE, matrix, Image.BICUBIC, fillcolor=FILL)
+    return _pil_op(image, lambda pil: pil.transform(pil.size, Image.AFFINE, matrix,
+                                                    Image.BICUBIC, fillcolor=fill))
   if name in ('TranslateX', 'TranslateY'):
     shift = _signed(_magnitude(0, 150 / 331, level), rng)
     matrix = ((1, 0, shift * width, 0, 1, 0) if name == 'TranslateX'
               else (1, 0, 0, 0, 1, shift * height))
-    return image.transform(image.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=FILL)
+    return _pil_op(image, lambda pil: pil.transform(pil.size, Image.AFFINE, matrix,
+                                                    Image.NEAREST, fillcolor=fill))
   if name == 'Rotate':
-    return image.rotate(_magnitude(0, 30, level), Image.NEAREST, fillcolor=FILL)
+    angle = _magnitude(0, 30, level)
+    return _pil_op(image, lambda pil: pil.rotate(angle, Image.NEAREST, fillcolor=fill))
   if name in ('Color', 'Contrast', 'Brightness', 'Sharpness'):
-    return getattr(ImageEnhance, name)(image).enhance(1 + _signed(_magnitude(0, 0.9, level), rng))
+    factor = 1 + _signed(_magnitude(0, 0.9, level), rng)
+    return _pil_op(image, lambda pil: getattr(ImageEnhance, name)(pil).enhance(factor))
   if name == 'Posterize':
-    return ImageOps.posterize(image, int(np.round(_magnitude(8, 4, level))))
+    bits = int(np.round(_magnitude(8, 4, level)))
+    return image & np.uint8(~(2 ** (8 - bits) - 1) & 0xFF)
   if name == 'Solarize':
-    return ImageOps.solarize(image, _magnitude(256, 0, level))
+    return np.where(image < _magnitude(256, 0, level), image, 255 - image)
   if name == 'AutoContrast':
-    return ImageOps.autocontrast(image)
+    return autocontrast(image)
   if name == 'Equalize':
-    return ImageOps.equalize(image)
+    return equalize(image)
   if name == 'Invert':
-    return ImageOps.invert(image)
+    return 255 - image
   raise ValueError(f'Unknown AutoAugment operation {name!r}.')
 
 
-def autoaugment_pil(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-  """Applies one randomly chosen CIFAR-10 sub-policy to one PIL image."""
+def autoaugment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Applies one randomly chosen CIFAR-10 sub-policy to one uint8 [H, W, C] image."""
   for name, probability, level in CIFAR10_POLICY[rng.integers(len(CIFAR10_POLICY))]:
     if rng.random() < probability:
       image = _apply_op(image, name, level, rng)
@@ -101,7 +148,8 @@ def pad_and_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> n
   """Pads with zeros by `padding` pixels and crops back to the image's size at a random offset."""
   height, width = image.shape[:2]
   dy, dx = rng.integers(0, 2 * padding + 1, 2)
-  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  padded = np.zeros((height + 2 * padding, width + 2 * padding) + image.shape[2:], image.dtype)
+  padded[padding:padding + height, padding:padding + width] = image
   return padded[dy:dy + height, dx:dx + width]
 
 
@@ -211,7 +259,7 @@ class TrainTransform:
     if self.flip:
       image = random_flip(image, rng)
     if self.autoaugment:
-      image = _array(autoaugment_pil(_pil(image), rng), image.shape[-1])
+      image = autoaugment(image, rng)
     if self.cutout_size:
       image = cutout(image, self.cutout_size, np.round(np.asarray(self.mean) * 255), rng)
     return np.ascontiguousarray(image)

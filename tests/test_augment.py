@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cos_jax import augment
 
@@ -25,7 +25,7 @@ def _gradient(height=12, width=16) -> Image.Image:
 
 
 def _op(image, name, level, sign=0.0) -> np.ndarray:
-  return np.asarray(augment._apply_op(image, name, level, _Sign(sign)))  # pylint: disable=protected-access
+  return augment._apply_op(np.asarray(image), name, level, _Sign(sign))  # pylint: disable=protected-access
 
 
 def test_shear_is_bicubic_with_grey_fill():
@@ -78,6 +78,45 @@ def test_posterize_bits_run_from_8_to_4():
   bits = [int(_op(image, 'Posterize', level)[0, 0, 0]) for level in range(10)]
   assert bits == [0b10111111] * 2 + [0b10111110] * 2 + [0b10111100] * 2 + [0b10111000] * 2 + [
       0b10110000] * 2
+
+
+def _histogram_cases() -> list[np.ndarray]:
+  """Images whose histograms reach every branch of PIL's table operations: full-range noise,
+  constant and two-valued channels, narrow and skewed ranges, one pixel at the maximum (whose
+  equalized value PIL clips from 300 to 255), RGB and grayscale."""
+  rng = np.random.default_rng(0)
+  one_at_max = np.zeros((301, 1, 1), np.uint8)
+  one_at_max[0] = 1
+  cases = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(20)]
+  cases += [np.full((8, 8, 3), value, np.uint8) for value in (0, 9, 255)]
+  cases += [rng.integers(100, 102, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
+  cases += [(rng.random((32, 32, 3)) ** power * 255).astype(np.uint8) for power in (2, 8, 30)]
+  cases += [np.dstack([np.full((8, 8), 5, np.uint8), rng.integers(0, 256, (8, 8), np.uint8),
+                       np.eye(8, dtype=np.uint8) * 200])]
+  cases += [one_at_max, rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)]
+  return cases
+
+
+@pytest.mark.parametrize('name,level,pil_op', [
+    ('AutoContrast', 0, ImageOps.autocontrast),
+    ('Equalize', 0, ImageOps.equalize),
+    ('Invert', 0, ImageOps.invert),
+    ('Solarize', 2, lambda image: ImageOps.solarize(image, np.linspace(256, 0, 10)[2])),
+    ('Posterize', 7, lambda image: ImageOps.posterize(image, 5)),
+])
+def test_table_operations_equal_pils(name, level, pil_op):
+  for image in _histogram_cases():
+    expected = np.asarray(pil_op(Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1
+                                                 else image)))
+    np.testing.assert_array_equal(_op(image, name, level), expected.reshape(image.shape))
+
+
+@pytest.mark.parametrize('name', sorted({op for policy in augment.CIFAR10_POLICY
+                                         for op, _, _ in policy}))
+def test_every_operation_keeps_grayscale_images_grayscale(name):
+  image = np.random.default_rng(2).integers(0, 256, (12, 12, 1), dtype=np.uint8)
+  got = _op(image, name, 9)
+  assert got.shape == image.shape and got.dtype == np.uint8
 
 
 def test_random_resized_crop_boxes_keep_the_reference_bounds():
