@@ -1,12 +1,15 @@
 """Converts a trained QCFS network to an SNN and writes the conversion report to the workdir.
 
     python convert.py --workdir=workdirs/digits
-    python convert.py --workdir=workdirs/cifar10_resnet20 --config.conversion.rhos='(2,4,8)'
+    python convert.py --workdir=workdirs/cifar10_resnet20 \
+        --config=configs/cifar10_resnet20_cpu.py --config.conversion.rhos='(2,4,8)'
     python convert.py --workdir=workdirs/imported --config=configs/cifar10.py \
         --torch_checkpoint=vgg16_cifar10.pth
 
-Without --config the run's own config.json is used; pass --config (with any --config.x=...
-overrides) to change the conversion settings.
+Without --config the run's own config.json is used. To change the conversion settings pass the
+config the run was trained with, its --config.x=... overrides, and the new conversion values: a
+config that describes another network or training run than the checkpoint's is refused, naming
+the fields that differ (only the data's source and reading and the report's settings may).
 """
 
 from absl import app, flags, logging

@@ -434,6 +434,8 @@ def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
     if not config_path.is_file():
       raise FileNotFoundError(f'{config_path} not found: pass --config=configs/<name>.py.')
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  elif not torch_checkpoint:
+    workdir_lib.check_conversion_config(workdir, config)
   config_checks.check_config(config, training=False)
   if torch_checkpoint:
     workdir.mkdir(parents=True, exist_ok=True)

@@ -69,20 +69,36 @@ def check_resumed_config(workdir: Path, config) -> None:
 
   Fields missing from either side (a config written by an older cos_jax) are not compared.
   """
+  changed = _changed_fields(workdir, config, RESUMABLE_CHANGES)
+  if changed:
+    raise ValueError(
+        f'{workdir} holds a run started with another config ({changed}). Resuming it would mix '
+        'two runs: use another --workdir, or the original settings.')
+
+
+def check_conversion_config(workdir: Path, config) -> None:
+  """Raises ValueError if `config` describes another network or training run than the one whose
+  checkpoint `workdir` holds: only the data's source and reading, intervals and the conversion
+  report's settings may differ from the run's `config.json`."""
+  changed = _changed_fields(workdir, config, RESUMABLE_CHANGES + ('data_source',))
+  if changed:
+    raise ValueError(
+        f'{workdir} holds a run trained with another config ({changed}): its checkpoint does '
+        'not fit this one. Leave out --config to use the run\'s own config.json, or pass the '
+        'config and the --config.x overrides it was trained with.')
+
+
+def _changed_fields(workdir: Path, config, may_change: tuple[str, ...]) -> str:
+  """The fields of `config` that differ from the run's `config.json` outside `may_change`, each
+  with both values ('' if none or no config.json)."""
   path = workdir / 'config.json'
   if not path.is_file():
-    return
+    return ''
   stored = _flat(json.loads(path.read_text()))
   given = _flat(json.loads(config.to_json_best_effort()))
   changed = sorted(key for key in stored.keys() & given.keys()
-                   if stored[key] != given[key]
-                   and key.split('.')[0] not in RESUMABLE_CHANGES)
-  if changed:
-    shown = '; '.join(f'{key}: {stored[key]!r} in the run, {given[key]!r} now'
-                      for key in changed)
-    raise ValueError(
-        f'{workdir} holds a run started with another config ({shown}). Resuming it would mix '
-        'two runs: use another --workdir, or the original settings.')
+                   if stored[key] != given[key] and key.split('.')[0] not in may_change)
+  return '; '.join(f'{key}: {stored[key]!r} in the run, {given[key]!r} now' for key in changed)
 
 
 def _all_finite(tree) -> bool:

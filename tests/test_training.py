@@ -61,6 +61,19 @@ def test_convert_py_rereads_the_workdir(finished_run):
   assert after['ann_accuracy'] == before['ann_accuracy']
 
 
+def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run[0], workdir)
+  with pytest.raises(ValueError, match=r"another config \(arch: 'tiny' in the run, 'resnet20' "
+                                       r"now; num_epochs: 2 in the run, 3 now\)"):
+    training.convert_and_report(workdir, _config(arch='resnet20', num_epochs=3))
+  config = _config()
+  config.conversion.update(max_T=2, statistics_T=2, rhos=(1,))
+  report = training.convert_and_report(workdir, config)
+  assert set(report['methods']) == {'qcfs', 'cos_rho1'}
+  assert len(report['methods']['cos_rho1']['accuracy_by_T']) == 2
+
+
 KILLED_RUN_SCRIPT = textwrap.dedent('''
     import sys, time
     from configs import test as test_config
