@@ -9,8 +9,8 @@ configs/cifar10_resnet20_cpu.py): thresholds from the data (+13 points), a finer
 gradual one), then label smoothing, Nesterov momentum and no weight decay on BatchNorm, biases
 and thresholds (+2.3), and a warm-up with a linear decay (+1.1).
 30 epochs, crops and flips only (AutoAugment and Cutout regularise long runs, and slow short
-ones). `--config.arch=vgg16` trains VGG-16 with the same recipe. The accuracy it reaches is in
-docs/results/.
+ones). configs/cifar10_short_vgg16.py trains VGG-16 with the same recipe. The accuracy it
+reaches is in docs/results/.
 """
 
 from configs import cifar10_resnet20_cpu

@@ -1,7 +1,9 @@
 """The short-budget recipe's pieces: L schedule, thresholds from data, schedules, decay mask."""
 
 import functools
+import importlib
 import re
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -11,8 +13,10 @@ import pytest
 
 import cos_jax
 from configs import test as test_config
-from cos_jax import data, training
+from cos_jax import config_checks, data, training
 from cos_jax.layers import Activation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe_config():
@@ -147,3 +151,12 @@ def test_recipe_trains_switches_l_and_resumes_bit_identically(tmp_path, monkeypa
   assert 'Resumed from the checkpoint at step 5' in capsys.readouterr().out
   for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('name', sorted(path.stem for path in (ROOT / 'configs').glob('*.py')
+                                        if path.stem != '__init__'))
+def test_every_shipped_config_passes_the_checks(name, tmp_path):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  if config.data_source == 'image_folder':  # these name their data on the command line
+    config.data_dir = str(tmp_path)
+  config_checks.check_config(config)

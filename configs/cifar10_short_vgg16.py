@@ -1,0 +1,19 @@
+"""VGG-16 (L = 4) with the short-budget recipe of configs/cifar10_short.py, 15 epochs.
+
+    python train.py --config=configs/cifar10_short_vgg16.py --workdir=workdirs/cifar10_vgg16_short \
+        --config.data_dir=../shared/data/cifar10-jpeg
+
+VGG-16 trains at about 40 images/s on a 2-core CPU (benchmarks/train_step.py), so its 15 epochs
+take about 5.5 hours, and the conversion report at the end (rho = 2, 4, 8, T up to 32, the full
+test set) about 2.5 more: run it in the background; the same command resumes it. The accuracy it
+reaches is in docs/results/.
+"""
+
+from configs import cifar10_short
+
+
+def get_config():
+  config = cifar10_short.get_config()
+  config.arch = 'vgg16'
+  config.num_epochs = 15
+  return config
