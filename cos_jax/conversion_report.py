@@ -8,6 +8,7 @@ synaptic event elsewhere: synaptic operations of a layer = its ANN MACs times th
 inputs that are non-zero, summed over the T steps (border effects of padding are ignored).
 """
 
+import hashlib
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ import numpy as np
 
 from cos_jax import data, parallel, xla
 from cos_jax import snn as snn_lib
+from cos_jax import workdir as workdir_lib
 from cos_jax.augment import EvalTransform
 
 ENERGY_MAC_PJ = 4.6
@@ -25,8 +27,9 @@ ENERGY_AC_PJ = 0.9
 REPORTED_T = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def _progress(done: int, total: int, started: float, label: str) -> None:
-  rate = done / max(time.time() - started, 1e-9)
+def _show_progress(done: int, total: int, started: float, label: str, first: int = 0) -> None:
+  """A progress bar on stderr; `first` items were done before `started` (a resumed run)."""
+  rate = (done - first) / max(time.time() - started, 1e-9)
   width = 30
   filled = int(width * done / total)
   eta = (total - done) / rate if rate else 0
@@ -41,8 +44,71 @@ def _methods(conversion) -> list[tuple[str, int]]:
   return [('qcfs', 0)] + [(f'cos_rho{rho}', rho) for rho in conversion.rhos]
 
 
-def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
-  """Runs the ANN and every SNN method over the split and returns the raw report dict."""
+class _Progress:
+  """The conversion's running totals, saved after every batch to a file in the workdir so that an
+  interrupted report resumes at the next batch; the totals are float64 and integers written
+  exactly (JSON keeps every float64), so a resumed report equals an uninterrupted one.
+
+  The file names a fingerprint of what the totals depend on (the variables, the conversion and
+  data settings); a file from other variables or settings is ignored and replaced.
+  """
+
+  def __init__(self, path: Path | None, fingerprint: str):
+    self.path, self.fingerprint = path, fingerprint
+
+  def load(self) -> dict | None:
+    if self.path is None or not self.path.is_file():
+      return None
+    try:
+      saved = json.loads(self.path.read_text())
+    except json.JSONDecodeError:  # not ours, or damaged: start over
+      return None
+    if saved.get('fingerprint') != self.fingerprint:
+      return None
+    saved['correct'] = {k: np.asarray(v, np.int64) for k, v in saved['correct'].items()}
+    saved['layer_stats'] = {
+        name: {layer: {k: np.asarray(v, np.float64) for k, v in values.items()}
+               for layer, values in layers.items()}
+        for name, layers in saved['layer_stats'].items()}
+    return saved
+
+  def save(self, batches_done: int, ann_correct: int, correct: dict, layer_stats: dict) -> None:
+    if self.path is None or jax.process_index():
+      return
+    state = {'fingerprint': self.fingerprint, 'batches_done': batches_done,
+             'ann_correct': ann_correct,
+             'correct': {k: v.tolist() for k, v in correct.items()},
+             'layer_stats': {name: {layer: {k: v.tolist() for k, v in values.items()}
+                                    for layer, values in layers.items()}
+                             for name, layers in layer_stats.items()}}
+    temporary = self.path.with_name(self.path.name + '.tmp')
+    temporary.write_text(json.dumps(state))
+    temporary.replace(self.path)
+
+  def remove(self) -> None:
+    if self.path is not None and not jax.process_index():
+      self.path.unlink(missing_ok=True)
+
+
+def _fingerprint(config, variables) -> str:
+  """What the conversion's totals depend on besides the code: the variables (their SHA-256), the
+  conversion settings and the test data's source and preprocessing."""
+  settings = {key: config.get(key) for key in (
+      'arch', 'levels', 'dataset', 'data_source', 'data_dir', 'input_shape', 'mean', 'std',
+      'preprocess')}
+  settings['conversion'] = config.conversion.to_dict()
+  text = json.dumps(settings, sort_keys=True, default=str) + workdir_lib.state_digest(variables)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def evaluate_conversion(config, model, variables, split: data.Split,
+                        progress_path: Path | None = None) -> dict:
+  """Runs the ANN and every SNN method over the split and returns the raw report dict.
+
+  With `progress_path`, the running totals are saved there after every batch and an interrupted
+  evaluation of the same variables and settings resumes from them (the file is removed at the
+  end).
+  """
   conversion = config.conversion
   max_T = conversion.max_T
   statistics_T = conversion.statistics_T
@@ -51,16 +117,26 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
   network = snn_lib.convert(model, variables)
   mesh = parallel.data_mesh()
   methods = _methods(conversion)
-  correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
-  layer_stats = {name: {} for name, _ in methods}
-  ann_correct = 0
+  progress = _Progress(progress_path, _fingerprint(config, variables))
+  saved = progress.load()
+  if saved:
+    batches_done, ann_correct = saved['batches_done'], saved['ann_correct']
+    correct, layer_stats = saved['correct'], saved['layer_stats']
+    print(f'Resumed the conversion report after {batches_done * conversion.batch_size} of {n} '
+          f'images ({progress_path}).', flush=True)
+  else:
+    batches_done, ann_correct = 0, 0
+    correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
+    layer_stats = {name: {} for name, _ in methods}
   ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
   batches = data.eval_batches(split, conversion.batch_size, EvalTransform.from_config(config),
                               threads=config.get('data_threads', data.DEFAULT_THREADS),
-                              process_index=0, process_count=1)  # whole batches in every process
-  for start, (images, labels, real) in zip(range(0, n, conversion.batch_size), batches,
-                                           strict=True):
+                              process_index=0, process_count=1,  # whole batches in every process
+                              start_batch=batches_done)
+  starts = range(batches_done * conversion.batch_size, n, conversion.batch_size)
+  for batch_index, (start, (images, labels, real)) in enumerate(
+      zip(starts, batches, strict=True), start=batches_done + 1):
     images, labels = data.normalise(images[real], config.mean, config.std), labels[real]
     if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
       (images,) = parallel.shard_global_batch(mesh, images)
@@ -75,7 +151,10 @@ def evaluate_conversion(config, model, variables, split: data.Split) -> dict:
         totals = layer_stats[name].setdefault(layer, {})
         for key, value in values.items():
           totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
-    _progress(min(start + conversion.batch_size, n), n, started, 'converting')
+    progress.save(batch_index, ann_correct, correct, layer_stats)
+    _show_progress(min(start + conversion.batch_size, n), n, started, 'converting',
+                   first=starts.start)
+  progress.remove()
 
   neurons = snn_lib.neuron_counts(network)
   costs = snn_lib.linear_layer_costs(model)
@@ -199,7 +278,7 @@ def plot(report: dict, path_prefix: Path) -> list[Path]:
 def run(config, workdir, model, variables, split: data.Split, title: str | None = None) -> dict:
   """Evaluates the conversion and writes report.json, report.md and the plots into workdir."""
   workdir = Path(workdir)
-  report = evaluate_conversion(config, model, variables, split)
+  report = evaluate_conversion(config, model, variables, split, workdir / 'report_progress.json')
   report['config'] = {'arch': config.arch, 'levels': config.levels, 'dataset': config.dataset,
                       'rhos': list(config.conversion.rhos), 'chunk': config.conversion.chunk}
   title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, QCFS and COS'

@@ -402,10 +402,11 @@ class _EvalExample:
 
 
 def eval_batches(split: Split, batch_size: int, transform, *, threads: int = DEFAULT_THREADS,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 process_index: int | None = None, process_count: int | None = None,
+                 start_batch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields this process's share (images, labels, real) of the split in order, in global
-  batches of `batch_size`; the last one is padded with blank images that `real` marks False.
+  batches of `batch_size`, from batch `start_batch` on; the last one is padded with blank images
+  that `real` marks False.
 
   `transform(image) -> image` of `transform.shape` (H, W, C) makes every image the model's size
   (`augment.EvalTransform`).
@@ -414,7 +415,7 @@ def eval_batches(split: Split, batch_size: int, transform, *, threads: int = DEF
   batches = math.ceil(len(split) / batch_size)
   example = _EvalExample(split, share, transform)
   dataset = grain.MapDataset.range(batches * share.local).map(example).batch(share.local)
-  return _iterate(dataset, threads, workers=0)
+  return _iterate(dataset[start_batch:], threads, workers=0)
 
 
 def examples(split: Split, transform, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 import cos_jax
 from configs import test as test_config
-from cos_jax import augment, data, torch_import, training, workdir
+from cos_jax import augment, conversion_report, data, torch_import, training, workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,39 @@ def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_r
   report = training.convert_and_report(workdir, config)
   assert set(report['methods']) == {'qcfs', 'cos_rho1'}
   assert len(report['methods']['cos_rho1']['accuracy_by_T']) == 2
+
+
+def test_an_interrupted_conversion_report_resumes_where_it_stopped(finished_run, tmp_path,
+                                                                    monkeypatch):
+  """Totals saved after each batch: a report stopped in its second batch (of two) resumes there
+  and equals the uninterrupted report exactly; the saved totals are removed at the end."""
+  workdir, state = finished_run
+  config = _config()
+  model = training.create_model(config)
+  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  split = data.load(config).test
+  uninterrupted = conversion_report.evaluate_conversion(config, model, variables, split)
+  real_simulation = conversion_report.snn_lib.calibrate_and_simulate
+  calls = []
+
+  def stopping_simulation(*args, **kwargs):
+    calls.append(kwargs['rho'])
+    if len(calls) == 3:  # batch 2's first method: Ctrl-C
+      raise KeyboardInterrupt
+    return real_simulation(*args, **kwargs)
+
+  monkeypatch.setattr(conversion_report.snn_lib, 'calibrate_and_simulate', stopping_simulation)
+  progress_path = tmp_path / 'report_progress.json'
+  with pytest.raises(KeyboardInterrupt):
+    conversion_report.evaluate_conversion(config, model, variables, split, progress_path)
+  assert json.loads(progress_path.read_text())['batches_done'] == 1
+  other_settings = conversion_report._Progress(progress_path, 'another fingerprint')  # pylint: disable=protected-access
+  assert other_settings.load() is None  # totals of other variables or settings are not reused
+  calls.clear()
+  resumed = conversion_report.evaluate_conversion(config, model, variables, split, progress_path)
+  assert calls == [0, 2]  # only batch 2, each method once
+  assert resumed == uninterrupted
+  assert not progress_path.exists()
 
 
 KILLED_RUN_SCRIPT = textwrap.dedent('''
