@@ -152,6 +152,10 @@ def _pipeline_section(pipeline: dict) -> list[str]:
            f"{pipeline['machine']['date']}. Each stage of the CIFAR recipe per image on one "
            'thread:', '', '| stage | images/s |', '|---|---|']
   lines += [f"| {r['stage']} | {r['images_per_second']:.0f} |" for r in pipeline['stages']]
+  lines += ['', "AutoAugment's table operations (autocontrast, equalize, solarize, posterize, "
+            "invert) run in NumPy, equal to PIL's (`tests/test_augment.py`): PIL builds their "
+            'tables in Python for every image, and with them the whole recipe ran at 1,812 '
+            'images/s in this benchmark (2026-11-30, commit f735ed0).']
   lines += ['', "`data.train_batches` end to end (grain; threads in the training process, or "
             'worker processes):', '',
             '| data | recipe | threads | worker processes | images/s |', '|---|---|---|---|---|']
