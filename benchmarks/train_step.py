@@ -17,7 +17,9 @@ published optimizer (`configs/cifar10.py`: SGD with momentum and weight decay, c
          (its formula differentiated automatically against cos_jax's written-out backward).
   loop:  `train_and_evaluate` for --loop_steps steps on synthetic CIFAR-shaped data with the full
          augmentation (crop, flip, AutoAugment, Cutout): the images/s it logs, after the first
-         log window (which holds the compile), against the bare step.
+         log window (which holds the compile), against the bare step. With --loop_data_dir (a
+         CIFAR image folder, e.g. ../shared/data/cifar10-jpeg) also on a random part of its JPEG
+         files, opened and decoded as a real run does (the files are linked, not copied).
 """
 
 import argparse
@@ -182,22 +184,44 @@ def measure_parts(args) -> list[dict]:
   return rows
 
 
-def measure_loop(arch: str, args) -> dict:
-  """train.py's logged images/s on synthetic data with the full augmentation."""
+def _link_folder_part(source: Path, target: Path, sizes: dict[str, int]) -> None:
+  """target/<split>/<class>/ holding links to `sizes[split]` random files of source's split."""
+  rng = np.random.default_rng(0)
+  for split, size in sizes.items():
+    files = sorted(source.glob(f'{split}/*/*'))
+    if len(files) < size:
+      raise ValueError(f'--loop_data_dir: {source / split} holds {len(files)} files, the loop '
+                       f'needs {size}: lower --loop_steps or --batch.')
+    for index in rng.choice(len(files), size, replace=False):
+      link = target / split / files[index].parent.name / files[index].name
+      link.parent.mkdir(parents=True, exist_ok=True)
+      link.symlink_to(files[index].resolve())
+
+
+def measure_loop(arch: str, args, data_dir: str | None = None) -> dict:
+  """train.py's logged images/s with the full augmentation, on synthetic data or JPEG files."""
   config = _config(arch, args.batch)
-  config.data_source = 'synthetic'
-  config.synthetic_train_size = args.batch * args.loop_steps
-  config.synthetic_test_size = config.eval_batch_size
   config.num_epochs = 1
   config.log_every_steps = args.loop_log_every
   config.checkpoint_every_steps = 10**9
   config.eval_every_epochs = 0
   config.conversion.enabled = False
+  train_size = args.batch * args.loop_steps
   with tempfile.TemporaryDirectory() as workdir:
-    training.train_and_evaluate(config, workdir)
-    records = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').open()]
+    if data_dir is None:
+      config.data_source = 'synthetic'
+      config.synthetic_train_size = train_size
+      config.synthetic_test_size = config.eval_batch_size
+    else:
+      config.data_source = 'image_folder'
+      config.data_dir = str(Path(workdir) / 'data')
+      _link_folder_part(Path(data_dir), Path(config.data_dir),
+                        {'train': train_size, 'test': config.eval_batch_size})
+    training.train_and_evaluate(config, Path(workdir) / 'run')
+    records = [json.loads(line) for line in (Path(workdir) / 'run/metrics.jsonl').open()]
   rates = [r['images_per_second'] for r in records if 'images_per_second' in r][1:]
   return {'arch': arch, 'batch': args.batch, 'steps': args.loop_steps,
+          'data': 'synthetic' if data_dir is None else data_dir,
           'logged_images_per_second': statistics.median(rates), 'windows': len(rates)}
 
 
@@ -213,13 +237,13 @@ def print_tables(steps: list[dict], loops: list[dict]) -> None:
           f'{r["forward_images_per_second"]:.1f} | {r["step_over_forward"]:.2f} | {plain} | '
           f'{torch} | {ratio} |')
   if loops:
-    print('\n| model | train.py logged images/s | bare step images/s | logged / bare |')
-    print('|---|---|---|---|')
+    print('\n| model | data | train.py logged images/s | bare step images/s | logged / bare |')
+    print('|---|---|---|---|---|')
   for loop in loops:
     bare = next((r for r in steps if r['arch'] == loop['arch']), None)
     bare_rate = bare['step_images_per_second'] if bare else float('nan')
-    print(f'| {loop["arch"]} | {loop["logged_images_per_second"]:.1f} | {bare_rate:.1f} | '
-          f'{loop["logged_images_per_second"] / bare_rate:.2f} |')
+    print(f'| {loop["arch"]} | {loop["data"]} | {loop["logged_images_per_second"]:.1f} | '
+          f'{bare_rate:.1f} | {loop["logged_images_per_second"] / bare_rate:.2f} |')
 
 
 def main():
@@ -230,13 +254,17 @@ def main():
   parser.add_argument('--repeats', type=int, default=6)
   parser.add_argument('--loop_steps', type=int, default=60)
   parser.add_argument('--loop_log_every', type=int, default=10)
+  parser.add_argument('--loop_data_dir', default='',
+                      help='a CIFAR image folder: the loop also runs on its JPEG files')
   parser.add_argument('--out', default='docs/benchmarks/train_step.json')
   args = parser.parse_args()
   args.parts = set(args.parts.split(','))
   archs = args.models.split(',')
   steps = [measure_step(arch, args) for arch in archs] if 'step' in args.parts else []
   parts = measure_parts(args) if 'parts' in args.parts else []
-  loops = [measure_loop(arch, args) for arch in archs] if 'loop' in args.parts else []
+  sources = [None] + ([args.loop_data_dir] if args.loop_data_dir else [])
+  loops = ([measure_loop(arch, args, source) for arch in archs for source in sources]
+           if 'loop' in args.parts else [])
   print_tables(steps, loops)
   write_result(args.out, repeats=args.repeats, steps=steps, parts=parts, loops=loops)
 
