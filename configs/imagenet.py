@@ -35,6 +35,7 @@ def get_config():
   config.eval_batch_size = 200
   config.eval_every_epochs = 5
   config.data_threads = 16
+  config.preload_images = False  # 1.28 M images of any size: decoded when read
   config.conversion.rhos = (8,)
   config.conversion.batch_size = 50
   return config

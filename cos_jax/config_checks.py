@@ -100,6 +100,8 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     need(_is_number(momentum) and 0 <= momentum < 1, 'momentum', 'a number in [0, 1)')
     decay = config.get('weight_decay')
     need(_is_number(decay) and decay >= 0, 'weight_decay', 'a number >= 0')
+    need(isinstance(config.get('preload_images', False), bool), 'preload_images',
+         'True or False')
     need(isinstance(config.get('half_precision', False), bool), 'half_precision',
          'True or False')
     smoothing = config.get('label_smoothing', 0.0)

@@ -21,9 +21,9 @@ from flax import traverse_util
 # Fields a resumed run may change: where the data lie, how often it logs, saves and evaluates,
 # and everything the conversion report after training reads. Any other change would make one
 # run out of two configs.
-RESUMABLE_CHANGES = ('data_dir', 'data_threads', 'data_workers', 'log_every_steps',
-                     'checkpoint_every_steps', 'eval_every_epochs', 'eval_batch_size',
-                     'conversion')
+RESUMABLE_CHANGES = ('data_dir', 'data_threads', 'data_workers', 'preload_images',
+                     'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
+                     'eval_batch_size', 'conversion')
 
 
 class WorkdirBusyError(RuntimeError):

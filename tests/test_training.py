@@ -240,7 +240,8 @@ def test_image_folder_source_reads_one_file_per_example_when_asked(tmp_path, mon
       for i in range(3):
         pixels = np.full((8, 8 + i, 3), 40 * label + 10 * i, np.uint8)  # sizes may differ
         Image.fromarray(pixels).save(root / split / name / f'{i}.png')
-  config = _config(data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3))
+  config = _config(data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3),
+                   preload_images=False)
   decode = data._decode_image
   monkeypatch.setattr(data, '_decode_image', lambda *args: pytest.fail('decoded at load'))
   dataset = data.load(config)
@@ -255,6 +256,32 @@ def test_image_folder_source_reads_one_file_per_example_when_asked(tmp_path, mon
   images, labels, real = next(data.eval_batches(dataset.test, 4, augment.EvalTransform.from_config(
       config), process_index=0, process_count=1))
   assert images.shape == (4, 8, 8, 3) and real.all()  # every image at the model's size
+
+
+def test_preloaded_image_folder_holds_what_reading_each_file_gives(tmp_path):
+  root = tmp_path / 'images'
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for name in ('cat', 'ant'):
+      (root / split / name).mkdir(parents=True)
+      for i in range(3):
+        pixels = rng.integers(0, 256, (8, 6, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.jpg', quality=75)
+  for channels in (3, 1):
+    config = _config(data_source='image_folder', data_dir=str(root),
+                     input_shape=(8, 6, channels), mean=(0.5,) * channels, std=(0.5,) * channels)
+    preloaded = data.load(config)
+    read_each_time = data.load(_config(**{**config.to_dict(), 'preload_images': False}))
+    for split in ('train', 'test'):
+      held, read = getattr(preloaded, split), getattr(read_each_time, split)
+      assert isinstance(held, data.ArraySplit) and held.images.shape == (6, 8, 6, channels)
+      for index in range(len(read)):
+        np.testing.assert_array_equal(held[index][0], read[index][0])
+        assert held[index][1] == read[index][1]
+  Image.fromarray(np.zeros((9, 6, 3), np.uint8)).save(root / 'test' / 'ant' / 'tall.png')
+  with pytest.raises(data.DataError, match=r'must share a size.*ant/tall.png is \(9, 6, 3\) where '
+                     r'most are \(8, 6, 3\).*--config.preload_images=False'):
+    data.load(_config(data_source='image_folder', data_dir=str(root), input_shape=(8, 6, 3)))
 
 
 def _image_folder(root: Path, write_first) -> None:
