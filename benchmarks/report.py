@@ -64,16 +64,15 @@ def _train_step_section(result: dict, parts: dict) -> list[str]:
                  f'{plain} | {torch} | {ratio} |')
   if result['loops']:
     lines += ['', "train.py's own loop with the full augmentation (crop, flip, AutoAugment, "
-              'Cutout), the images/s it logs after the first (compiling) window, on synthetic '
-              'CIFAR-shaped arrays and on JPEG files of the image folder named (opened and decoded '
-              'as a real run does):', '',
+              'Cutout), the images/s it logs after the first (compiling) window, against the bare '
+              'step timed just before and after it (the machine drifts), on synthetic CIFAR-shaped '
+              'arrays and on JPEG files of the image folder named: decoded when each is read, and '
+              'all decoded once at the start (`preload_images`):', '',
               '| model | data | logged images/s | bare step images/s | logged / bare |',
               '|---|---|---|---|---|']
-    bare = {r['arch']: r['step_images_per_second'] for r in result['steps']}
     for loop in result['loops']:
-      lines.append(f"| {loop['arch']} | {loop.get('data', 'synthetic')} | "
-                   f"{loop['logged_images_per_second']:.1f} | {bare[loop['arch']]:.1f} | "
-                   f"{loop['logged_images_per_second'] / bare[loop['arch']]:.2f} |")
+      lines.append(f"| {loop['arch']} | {loop['data']} | {loop['logged_images_per_second']:.1f} | "
+                   f"{loop['bare_step_images_per_second']:.1f} | {loop['logged_over_bare']:.2f} |")
   lines += ['', f"The pieces at first-stage shapes, forward and backward: `{parts['command']}` "
             f"([`train_step_parts.json`](train_step_parts.json), {parts['machine']['date']}).", '',
             '| shape | part | ms |', '|---|---|---|']

@@ -17,9 +17,11 @@ published optimizer (`configs/cifar10.py`: SGD with momentum and weight decay, c
          (its formula differentiated automatically against cos_jax's written-out backward).
   loop:  `train_and_evaluate` for --loop_steps steps on synthetic CIFAR-shaped data with the full
          augmentation (crop, flip, AutoAugment, Cutout): the images/s it logs, after the first
-         log window (which holds the compile), against the bare step. With --loop_data_dir (a
-         CIFAR image folder, e.g. ../shared/data/cifar10-jpeg) also on a random part of its JPEG
-         files, opened and decoded as a real run does (the files are linked, not copied).
+         log window (which holds the compile), against the bare step timed just before and just
+         after it (the median of both sets of repeats: machine speed drifts). With
+         --loop_data_dir (a CIFAR image folder, e.g. ../shared/data/cifar10-jpeg) also on a random
+         part of its JPEG files (linked, not copied), each decoded when read, and all decoded once
+         at the start (`preload_images`).
 """
 
 import argparse
@@ -130,7 +132,7 @@ def measure_step(arch: str, args) -> dict:
     result['torch_step_images_per_second'] = args.batch / torch_seconds
     result['torch_over_cos_jax'] = torch_seconds / seconds['cos_jax']
   print(json.dumps(result), flush=True)
-  return result
+  return result, steppers['cos_jax']
 
 
 def _plain_qcfs(z, threshold, levels):
@@ -198,7 +200,7 @@ def _link_folder_part(source: Path, target: Path, sizes: dict[str, int]) -> None
       link.symlink_to(files[index].resolve())
 
 
-def measure_loop(arch: str, args, data_dir: str | None = None) -> dict:
+def measure_loop(arch: str, args, data_dir: str | None = None, preload: bool = False) -> dict:
   """train.py's logged images/s with the full augmentation, on synthetic data or JPEG files."""
   config = _config(arch, args.batch)
   config.num_epochs = 1
@@ -214,6 +216,7 @@ def measure_loop(arch: str, args, data_dir: str | None = None) -> dict:
       config.synthetic_test_size = config.eval_batch_size
     else:
       config.data_source = 'image_folder'
+      config.preload_images = preload
       config.data_dir = str(Path(workdir) / 'data')
       _link_folder_part(Path(data_dir), Path(config.data_dir),
                         {'train': train_size, 'test': config.eval_batch_size})
@@ -221,7 +224,8 @@ def measure_loop(arch: str, args, data_dir: str | None = None) -> dict:
     records = [json.loads(line) for line in (Path(workdir) / 'run/metrics.jsonl').open()]
   rates = [r['images_per_second'] for r in records if 'images_per_second' in r][1:]
   return {'arch': arch, 'batch': args.batch, 'steps': args.loop_steps,
-          'data': 'synthetic' if data_dir is None else data_dir,
+          'data': ('synthetic' if data_dir is None else
+                   f'{data_dir} ({"preloaded" if preload else "decoded when read"})'),
           'logged_images_per_second': statistics.median(rates), 'windows': len(rates)}
 
 
@@ -240,10 +244,8 @@ def print_tables(steps: list[dict], loops: list[dict]) -> None:
     print('\n| model | data | train.py logged images/s | bare step images/s | logged / bare |')
     print('|---|---|---|---|---|')
   for loop in loops:
-    bare = next((r for r in steps if r['arch'] == loop['arch']), None)
-    bare_rate = bare['step_images_per_second'] if bare else float('nan')
     print(f'| {loop["arch"]} | {loop["data"]} | {loop["logged_images_per_second"]:.1f} | '
-          f'{bare_rate:.1f} | {loop["logged_images_per_second"] / bare_rate:.2f} |')
+          f'{loop["bare_step_images_per_second"]:.1f} | {loop["logged_over_bare"]:.2f} |')
 
 
 def main():
@@ -260,11 +262,23 @@ def main():
   args = parser.parse_args()
   args.parts = set(args.parts.split(','))
   archs = args.models.split(',')
-  steps = [measure_step(arch, args) for arch in archs] if 'step' in args.parts else []
+  if 'loop' in args.parts and 'step' not in args.parts:
+    parser.error('--parts=loop needs step: the bare step is timed around every loop')
+  measured = [measure_step(arch, args) for arch in archs] if 'step' in args.parts else []
+  steps = [result for result, _ in measured]
   parts = measure_parts(args) if 'parts' in args.parts else []
-  sources = [None] + ([args.loop_data_dir] if args.loop_data_dir else [])
-  loops = ([measure_loop(arch, args, source) for arch in archs for source in sources]
-           if 'loop' in args.parts else [])
+  sources = [(None, False)]
+  if args.loop_data_dir:
+    sources += [(args.loop_data_dir, False), (args.loop_data_dir, True)]
+  loops = []
+  for arch, (_, bare_step) in zip(archs, measured, strict=True):
+    for source in (sources if 'loop' in args.parts else []):
+      bare_times = _timed(bare_step, args.repeats)
+      loop = measure_loop(arch, args, *source)
+      bare_rate = args.batch / statistics.median(bare_times + _timed(bare_step, args.repeats))
+      loop.update(bare_step_images_per_second=bare_rate,
+                  logged_over_bare=loop['logged_images_per_second'] / bare_rate)
+      loops.append(loop)
   print_tables(steps, loops)
   write_result(args.out, repeats=args.repeats, steps=steps, parts=parts, loops=loops)
 
