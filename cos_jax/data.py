@@ -21,6 +21,7 @@ every global batch, in threads or worker processes.
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import pickle
 import time
@@ -108,10 +109,16 @@ class Dataset:
   class_names: tuple[str, ...]
 
 
-def load(config) -> Dataset:
-  """Opens the data set the config names (`data_source`, `dataset`, `data_dir`)."""
+def load(config, *, preload: bool = True) -> Dataset:
+  """Opens the data set the config names (`data_source`, `dataset`, `data_dir`).
+
+  preload=False leaves an image folder on disk whatever `preload_images` says: for readers that
+  see each image once, like the conversion report.
+  """
   loaders = {'tfds': _load_tfds, 'cifar_pickle': _load_cifar_pickle,
-             'image_folder': _load_image_folder, 'digits': _load_digits,
+             'image_folder': functools.partial(
+                 _load_image_folder, preload=preload and config.get('preload_images', False)),
+             'digits': _load_digits,
              'synthetic': _load_synthetic}
   if config.data_source not in loaders:
     raise DataError(f'Unknown data_source {config.data_source!r}: expected one of '
@@ -239,7 +246,7 @@ def _list_folder(split_dir: Path, classes: list[str], channels: int) -> ImageFol
   return ImageFolderSplit(tuple(files), np.asarray(labels, np.int32), channels)
 
 
-def _load_image_folder(config) -> Dataset:
+def _load_image_folder(config, preload: bool) -> Dataset:
   root = _require_dir(Path(config.data_dir).expanduser(),
                       'image_folder (set --config.data_dir to a root holding train/<class>/*.jpg '
                       f'and {config.test_split}/<class>/*.jpg)')
@@ -259,7 +266,7 @@ def _load_image_folder(config) -> Dataset:
                     f'{tuple(config.input_shape)} asks for {channels}.')
   train, test = (_list_folder(split_dirs[s], classes, channels)
                  for s in ('train', config.test_split))
-  if config.get('preload_images', False):
+  if preload:
     train, test = (_preload(split, split_dirs[s], config.get('data_threads', DEFAULT_THREADS))
                    for split, s in ((train, 'train'), (test, config.test_split)))
   return Dataset(train, test, len(classes), tuple(classes))

@@ -445,4 +445,5 @@ def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
         **config.get('model_kwargs', {}))
   else:
     model, variables = restore_variables(config, workdir)
-  return conversion_report.run(config, workdir, model, variables, data.load(config).test)
+  return conversion_report.run(config, workdir, model, variables,
+                               data.load(config, preload=False).test)

@@ -272,6 +272,7 @@ def test_preloaded_image_folder_holds_what_reading_each_file_gives(tmp_path):
                      input_shape=(8, 6, channels), mean=(0.5,) * channels, std=(0.5,) * channels)
     preloaded = data.load(config)
     read_each_time = data.load(_config(**{**config.to_dict(), 'preload_images': False}))
+    assert isinstance(data.load(config, preload=False).test, data.ImageFolderSplit)  # convert.py
     for split in ('train', 'test'):
       held, read = getattr(preloaded, split), getattr(read_each_time, split)
       assert isinstance(held, data.ArraySplit) and held.images.shape == (6, 8, 6, channels)
