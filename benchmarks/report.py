@@ -102,7 +102,21 @@ def _train_step_section(result: dict, parts: dict) -> list[str]:
             'forward convolutions on XLA:CPU (its operands are transposed so that the batch is the '
             'contracted axis) and an input gradient 1-1.3, so the convolutions alone make a step '
             "3.4-4.2 forwards; ResNet-20's narrow layers (16-64 channels) sit at the top of that "
-            'range. The 3.5 target is met by neither network on this CPU (table above).', '']
+            'range. The 3.5 target is met by neither network on this CPU (table above).',
+            "- **The machine's drift.** Three runs of the step measurement on 2026-11-30 within "
+            'an hour (this command, and two earlier versions of its loop part) gave for ResNet-20 '
+            'PyTorch time / cos_jax time 1.15, 1.12 and 0.90 (the table above is the last) and '
+            'step / forward 5.45, 6.89 and 4.71; for VGG-16 1.60, 1.54, 1.47 and 3.54, 3.85, '
+            '3.88. The loop rows move as much: an in-memory image folder costs the host exactly '
+            'what synthetic arrays cost, yet its logged / bare was 0.89 in this run against 1.00 '
+            'for synthetic data. Compare ratios over several runs.',
+            '- **Decoding.** Reading and decoding a CIFAR JPEG costs the host 200-460 us per image '
+            '(`benchmarks.input_pipeline`: 1,360 images/s end to end against 3,635 for the '
+            'augmentation alone), 25-60 ms per ResNet-20 batch, taken from cores the step needs, '
+            'every epoch again. `preload_images` (on in the CIFAR configs) decodes every image '
+            'once when the run starts (CIFAR-10: 184 MB, 35 s here), so the loop then costs what '
+            'it costs on synthetic data; the gain, a few per cent of a step, is below what these '
+            'loop runs resolve.', '']
   return lines
 
 
