@@ -44,6 +44,7 @@ def _cost_section(cost: dict) -> list[str]:
 
 def _train_step_section(result: dict, parts: dict) -> list[str]:
   machine = result['machine']
+  rounds = len(result['steps'][0].get('rounds', [None])) if result['steps'] else 1
   lines = ['## The training step', '',
            f"`{result['command']}` ([`train_step.json`](train_step.json), {machine['date']}): "
            'batch 128, CIFAR shapes, random initialisation, the published optimizer. The step '
@@ -51,7 +52,8 @@ def _train_step_section(result: dict, parts: dict) -> list[str]:
            "XLA's default CPU options (plain `jax.jit`), and the PyTorch reference's step "
            '(`benchmarks/torch_reference.py`, torch '
            f"{'installed' if any('torch_step_seconds' in r for r in result['steps']) else 'absent'}"
-           ', 2 threads), all in one run.', '',
+           ', 2 threads), all in one run'
+           + (f", each figure the median of {rounds} rounds" if rounds > 1 else '') + '.', '',
            '| model | step images/s | forward images/s | step / forward | plain `jax.jit` step '
            'images/s | PyTorch step images/s | PyTorch time / cos_jax time |',
            '|---|---|---|---|---|---|---|']

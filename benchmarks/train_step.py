@@ -4,8 +4,11 @@
     python -m benchmarks.train_step --models=resnet20 --parts=step,loop --repeats=5
 
 Everything is measured in this one run, so the ratios hold on a noisy machine; times are medians
-of --repeats runs after a compile-and-warm-up run. CIFAR shapes, random initialisation, the
-published optimizer (`configs/cifar10.py`: SGD with momentum and weight decay, cosine decay).
+of --repeats runs after a compile-and-warm-up run. A shared machine's speed still drifts by 10-20 %
+within minutes: --rounds=N repeats the step and loop measurements and gives each figure's median
+over the rounds (each ratio too, taken within its round); the JSON keeps every round. CIFAR
+shapes, random initialisation, the published optimizer (`configs/cifar10.py`: SGD with momentum and
+weight decay, cosine decay).
   step:  cos_jax's `train_step` as train.py runs it (cos_jax.xla.jit, train state donated), its
          eval forward (`model.apply(train=False)`) on the same batch, step / forward, and the
          same step under plain `jax.jit` (XLA's default CPU options) for the before/after.
@@ -229,6 +232,15 @@ def measure_loop(arch: str, args, data_dir: str | None = None, preload: bool = F
           'logged_images_per_second': statistics.median(rates), 'windows': len(rates)}
 
 
+def _median_of_rounds(results: list[dict]) -> dict:
+  """One measurement's results over the rounds: each figure's median, and every round's."""
+  if len(results) == 1:
+    return results[0]
+  merged = {key: (statistics.median(r[key] for r in results) if isinstance(value, float)
+                  else value) for key, value in results[0].items()}
+  return {**merged, 'rounds': results}
+
+
 def print_tables(steps: list[dict], loops: list[dict]) -> None:
   print('\n| model | step images/s | forward images/s | step / forward | plain jax.jit step '
         'images/s | PyTorch step images/s | PyTorch time / cos_jax time |')
@@ -254,6 +266,9 @@ def main():
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--parts', default='step,plain_jit,torch,parts,loop')
   parser.add_argument('--repeats', type=int, default=6)
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='the step and loop measurements this many times (the machine drifts); '
+                           "each figure is the rounds' median, ratios too")
   parser.add_argument('--loop_steps', type=int, default=60)
   parser.add_argument('--loop_log_every', type=int, default=10)
   parser.add_argument('--loop_data_dir', default='',
@@ -264,21 +279,26 @@ def main():
   archs = args.models.split(',')
   if 'loop' in args.parts and 'step' not in args.parts:
     parser.error('--parts=loop needs step: the bare step is timed around every loop')
-  measured = [measure_step(arch, args) for arch in archs] if 'step' in args.parts else []
-  steps = [result for result, _ in measured]
   parts = measure_parts(args) if 'parts' in args.parts else []
   sources = [(None, False)]
   if args.loop_data_dir:
     sources += [(args.loop_data_dir, False), (args.loop_data_dir, True)]
-  loops = []
-  for arch, (_, bare_step) in zip(archs, measured, strict=True):
-    for source in (sources if 'loop' in args.parts else []):
-      bare_times = _timed(bare_step, args.repeats)
-      loop = measure_loop(arch, args, *source)
-      bare_rate = args.batch / statistics.median(bare_times + _timed(bare_step, args.repeats))
-      loop.update(bare_step_images_per_second=bare_rate,
-                  logged_over_bare=loop['logged_images_per_second'] / bare_rate)
-      loops.append(loop)
+  step_rounds, loop_rounds = [], []
+  for _ in range(args.rounds):
+    measured = [measure_step(arch, args) for arch in archs] if 'step' in args.parts else []
+    step_rounds.append([result for result, _ in measured])
+    loops = []
+    for arch, (_, bare_step) in zip(archs, measured, strict=True):
+      for source in (sources if 'loop' in args.parts else []):
+        bare_times = _timed(bare_step, args.repeats)
+        loop = measure_loop(arch, args, *source)
+        bare_rate = args.batch / statistics.median(bare_times + _timed(bare_step, args.repeats))
+        loop.update(bare_step_images_per_second=bare_rate,
+                    logged_over_bare=loop['logged_images_per_second'] / bare_rate)
+        loops.append(loop)
+    loop_rounds.append(loops)
+  steps = [_median_of_rounds(list(results)) for results in zip(*step_rounds, strict=True)]
+  loops = [_median_of_rounds(list(results)) for results in zip(*loop_rounds, strict=True)]
   print_tables(steps, loops)
   write_result(args.out, repeats=args.repeats, steps=steps, parts=parts, loops=loops)
 
