@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.linen as nn
@@ -89,7 +90,8 @@ def _torch_seconds(arch: str, batch: int, repeats: int) -> float | None:
   return json.loads(result.stdout.strip().splitlines()[-1])['seconds']
 
 
-def measure_step(arch: str, args) -> dict:
+def measure_step(arch: str, args) -> tuple[dict, Callable[[], jax.Array]]:
+  """The step's figures, and the timed step itself (train.py's, on its own state) for the loops."""
   config = _config(arch, args.batch)
   model = training.create_model(config)
   rng = np.random.default_rng(0)
