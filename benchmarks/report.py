@@ -42,6 +42,30 @@ def _cost_section(cost: dict) -> list[str]:
   return lines
 
 
+def step_table(steps: list[dict]) -> list[str]:
+  """benchmarks.train_step's step measurements as a Markdown table (its printout and the report)."""
+  lines = ['| model | step images/s | forward images/s | step / forward | plain `jax.jit` step '
+           'images/s | PyTorch step images/s | PyTorch time / cos_jax time |',
+           '|---|---|---|---|---|---|---|']
+  for r in steps:
+    cells = [r.get('plain_jit_step_images_per_second'), r.get('torch_step_images_per_second'),
+             r.get('torch_over_cos_jax')]
+    plain, torch, ratio = ('-' if v is None else f'{v:.2f}' for v in cells)
+    lines.append(f"| {r['arch']} | {r['step_images_per_second']:.1f} | "
+                 f"{r['forward_images_per_second']:.1f} | {r['step_over_forward']:.2f} | "
+                 f'{plain} | {torch} | {ratio} |')
+  return lines
+
+
+def loop_table(loops: list[dict]) -> list[str]:
+  """benchmarks.train_step's loop measurements as a Markdown table (its printout and the report)."""
+  return ['| model | data | logged images/s | bare step images/s | logged / bare |',
+          '|---|---|---|---|---|'] + [
+              f"| {loop['arch']} | {loop['data']} | {loop['logged_images_per_second']:.1f} | "
+              f"{loop['bare_step_images_per_second']:.1f} | {loop['logged_over_bare']:.2f} |"
+              for loop in loops]
+
+
 def _train_step_section(result: dict, parts: dict) -> list[str]:
   machine = result['machine']
   rounds = len(result['steps'][0].get('rounds', [None])) if result['steps'] else 1
@@ -53,28 +77,15 @@ def _train_step_section(result: dict, parts: dict) -> list[str]:
            '(`benchmarks/torch_reference.py`, torch '
            f"{'installed' if any('torch_step_seconds' in r for r in result['steps']) else 'absent'}"
            ', 2 threads), all in one run'
-           + (f", each figure the median of {rounds} rounds" if rounds > 1 else '') + '.', '',
-           '| model | step images/s | forward images/s | step / forward | plain `jax.jit` step '
-           'images/s | PyTorch step images/s | PyTorch time / cos_jax time |',
-           '|---|---|---|---|---|---|---|']
-  for r in result['steps']:
-    cells = [r.get('plain_jit_step_images_per_second'), r.get('torch_step_images_per_second'),
-             r.get('torch_over_cos_jax')]
-    plain, torch, ratio = ('-' if v is None else f'{v:.2f}' for v in cells)
-    lines.append(f"| {r['arch']} | {r['step_images_per_second']:.1f} | "
-                 f"{r['forward_images_per_second']:.1f} | {r['step_over_forward']:.2f} | "
-                 f'{plain} | {torch} | {ratio} |')
+           + (f", each figure the median of {rounds} rounds" if rounds > 1 else '') + '.', '']
+  lines += step_table(result['steps'])
   if result['loops']:
     lines += ['', "train.py's own loop with the full augmentation (crop, flip, AutoAugment, "
               'Cutout), the images/s it logs after the first (compiling) window, against the bare '
               'step timed just before and after it (the machine drifts), on synthetic CIFAR-shaped '
               'arrays and on JPEG files of the image folder named: decoded when each is read, and '
-              'all decoded once at the start (`preload_images`):', '',
-              '| model | data | logged images/s | bare step images/s | logged / bare |',
-              '|---|---|---|---|---|']
-    for loop in result['loops']:
-      lines.append(f"| {loop['arch']} | {loop['data']} | {loop['logged_images_per_second']:.1f} | "
-                   f"{loop['bare_step_images_per_second']:.1f} | {loop['logged_over_bare']:.2f} |")
+              'all decoded once at the start (`preload_images`):', '']
+    lines += loop_table(result['loops'])
   lines += ['', f"The pieces at first-stage shapes, forward and backward: `{parts['command']}` "
             f"([`train_step_parts.json`](train_step_parts.json), {parts['machine']['date']}).", '',
             '| shape | part | ms |', '|---|---|---|']

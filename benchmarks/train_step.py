@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import write_result
+from benchmarks.report import loop_table, step_table
 from configs import cifar10
 from cos_jax import training, xla
 from cos_jax.layers import BatchNorm
@@ -243,25 +244,6 @@ def _median_of_rounds(results: list[dict]) -> dict:
   return {**merged, 'rounds': results}
 
 
-def print_tables(steps: list[dict], loops: list[dict]) -> None:
-  print('\n| model | step images/s | forward images/s | step / forward | plain jax.jit step '
-        'images/s | PyTorch step images/s | PyTorch time / cos_jax time |')
-  print('|---|---|---|---|---|---|---|')
-  for r in steps:
-    cells = [r.get('plain_jit_step_images_per_second'), r.get('torch_step_images_per_second'),
-             r.get('torch_over_cos_jax')]
-    plain, torch, ratio = ('-' if v is None else f'{v:.2f}' for v in cells)
-    print(f'| {r["arch"]} | {r["step_images_per_second"]:.1f} | '
-          f'{r["forward_images_per_second"]:.1f} | {r["step_over_forward"]:.2f} | {plain} | '
-          f'{torch} | {ratio} |')
-  if loops:
-    print('\n| model | data | train.py logged images/s | bare step images/s | logged / bare |')
-    print('|---|---|---|---|---|')
-  for loop in loops:
-    print(f'| {loop["arch"]} | {loop["data"]} | {loop["logged_images_per_second"]:.1f} | '
-          f'{loop["bare_step_images_per_second"]:.1f} | {loop["logged_over_bare"]:.2f} |')
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='resnet20,vgg16')
@@ -301,7 +283,9 @@ def main():
     loop_rounds.append(loops)
   steps = [_median_of_rounds(list(results)) for results in zip(*step_rounds, strict=True)]
   loops = [_median_of_rounds(list(results)) for results in zip(*loop_rounds, strict=True)]
-  print_tables(steps, loops)
+  print('\n' + '\n'.join(step_table(steps)))
+  if loops:
+    print('\n' + '\n'.join(loop_table(loops)))
   write_result(args.out, repeats=args.repeats, steps=steps, parts=parts, loops=loops)
 
 
