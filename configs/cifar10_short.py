@@ -9,8 +9,9 @@ configs/cifar10_resnet20_cpu.py): thresholds from the data (+13 points), a finer
 gradual one), then label smoothing, Nesterov momentum and no weight decay on BatchNorm, biases
 and thresholds (+2.3), and a warm-up with a linear decay (+1.1).
 30 epochs, crops and flips only (AutoAugment and Cutout regularise long runs, and slow short
-ones). configs/cifar10_short_vgg16.py trains VGG-16 with the same recipe. The accuracy it
-reaches is in docs/results/.
+ones). configs/cifar10_short_vgg16.py trains VGG-16 with the same recipe.
+Reached here (2026-11-30, JPEG test set, docs/results/): ANN 85.07 %; COS (rho = 4) 84.51 % at
+T = 1 and 85.03 % at T = 2; without shifts 46.36 % at T = 1.
 """
 
 from configs import cifar10_resnet20_cpu
