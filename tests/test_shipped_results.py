@@ -1,0 +1,38 @@
+"""The runs shipped in docs/results/ still restore, and still compute what their reports measured.
+
+Their README tells a fresh clone to re-create each report with `python convert.py
+--workdir=docs/results/<run>`: that needs the run's config.json to pass today's checks, its
+checkpoint to restore into today's model, and the model to compute the function the report
+measured. The last is pinned by the logits of a fixed random batch (tests/data/shipped_logits.json,
+recorded on 2026-11-30 with the code that wrote the short run's report and re-creates its ANN
+accuracy exactly): a change that moves them beyond float32 rounding changes what the shipped
+reports describe, and they have to be re-created.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from cos_jax import config_checks, training
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = json.loads((ROOT / 'tests/data/shipped_logits.json').read_text())
+
+
+def fixed_batch(config) -> np.ndarray:
+  return np.random.default_rng(0).normal(size=(4, *config.input_shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize('run', sorted(EXPECTED))
+def test_shipped_run_restores_and_computes_its_recorded_logits(run):
+  workdir = ROOT / 'docs/results' / run
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  config_checks.check_config(config, training=False)
+  assert not Path(config.data_dir).is_absolute(), 'a clone elsewhere could not find the data'
+  model, variables = training.restore_variables(config, workdir)
+  logits = jax.jit(model.apply)(variables, fixed_batch(config))
+  np.testing.assert_allclose(logits, EXPECTED[run], rtol=1e-4, atol=1e-4)
