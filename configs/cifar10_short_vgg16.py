@@ -5,7 +5,7 @@
 
 VGG-16 trains at about 40 images/s on a 2-core CPU (benchmarks/train_step.py), so its 15 epochs
 take about 5.5 hours, and the conversion report at the end (rho = 2, 4, 8, T up to 32, the full
-test set) about 2.5 more: run it in the background; the same command resumes it. The accuracy it
+test set) about 3 more: run it in the background; the same command resumes it. The accuracy it
 reaches is in docs/results/.
 """
 
