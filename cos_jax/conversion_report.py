@@ -131,7 +131,7 @@ def evaluate_conversion(config, model, variables, split: data.Split,
   ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
   batches = data.eval_batches(split, conversion.batch_size, EvalTransform.from_config(config),
-                              threads=config.get('data_threads', data.DEFAULT_THREADS),
+                              threads=data.pipeline_threads(config),
                               process_index=0, process_count=1,  # whole batches in every process
                               start_batch=batches_done)
   starts = range(batches_done * conversion.batch_size, n, conversion.batch_size)

@@ -41,6 +41,11 @@ TFDS_NAMES = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'imagenet': 'imagene
 CIFAR_PICKLE_FOLDERS = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}
 
 
+def pipeline_threads(config) -> int:
+  """The config's `data_threads`, or DEFAULT_THREADS where it does not say."""
+  return config.get('data_threads', DEFAULT_THREADS)
+
+
 class DataError(RuntimeError):
   """A data source is missing or malformed; the message says what was expected and how to fix it."""
 
@@ -267,7 +272,7 @@ def _load_image_folder(config, preload: bool) -> Dataset:
   train, test = (_list_folder(split_dirs[s], classes, channels)
                  for s in ('train', config.test_split))
   if preload:
-    train, test = (_preload(split, split_dirs[s], config.get('data_threads', DEFAULT_THREADS))
+    train, test = (_preload(split, split_dirs[s], pipeline_threads(config))
                    for split, s in ((train, 'train'), (test, config.test_split)))
   return Dataset(train, test, len(classes), tuple(classes))
 

@@ -223,7 +223,7 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
   replicated = parallel.replicate(variables, mesh)
   correct = 0
   batches = data.eval_batches(split, batch_size, EvalTransform.from_config(config),
-                              threads=config.get('data_threads', data.DEFAULT_THREADS))
+                              threads=data.pipeline_threads(config))
   for images, labels, real in batches:
     correct += step(replicated, *parallel.shard_batch(mesh, images, labels, real))
   return float(correct) / len(split)
@@ -376,7 +376,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   batches = data.train_batches(dataset.train, batch_size=config.batch_size, seed=config.seed,
                                start_step=start_step, num_steps=total_steps,
                                transform=TrainTransform.from_config(config),
-                               threads=config.get('data_threads', data.DEFAULT_THREADS),
+                               threads=data.pipeline_threads(config),
                                workers=config.get('data_workers', 0))
   history, window_start = [], time.time()
   try:  # closing waits for a save in flight, on Ctrl-C or an error too, then lets go
