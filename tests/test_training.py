@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from PIL import Image
 
 import cos_jax
 from configs import test as test_config
-from cos_jax import augment, conversion_report, data, torch_import, training, workdir
+from cos_jax import augment, conversion_report, data, parallel, torch_import, training, workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,6 +169,55 @@ def test_nan_loss_names_the_step(tmp_path):
   config.conversion.enabled = False
   with pytest.raises(training.NonFiniteLossError, match=r'at step \d+'):
     training.train_and_evaluate(config, str(tmp_path))
+
+
+class _SlowSteps:
+  """Stands in for a jitted-step factory: every result of its steps becomes ready only `delay`
+  seconds after the call returns (a host callback), like a device slower than the host; each
+  call notes whether the result of the call two before was ready by then."""
+
+  def __init__(self, make_step, delay: float):
+    self.make_step, self.delay = make_step, delay
+    self.results, self.ready_two_calls_back = [], []
+
+  def _sleep(self, tree):
+    time.sleep(self.delay)
+    return tree
+
+  def __call__(self, *factory_args):
+    step = self.make_step(*factory_args)
+    delayed = jax.jit(lambda tree: jax.pure_callback(
+        self._sleep, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree), tree))
+
+    def slow_step(*args):
+      if len(self.results) >= 2:
+        self.ready_two_calls_back.append(self.results[-2].is_ready())
+      result = step(*args)
+      if isinstance(result, tuple):  # a training step's (state, metrics): delaying the state
+        # would make the next step, to which it is donated, wait for it at dispatch
+        result = (result[0], delayed(result[1]))
+      else:
+        result = delayed(result)
+      self.results.append(jax.tree.leaves(result)[-1])
+      return result
+    return slow_step
+
+
+def test_training_and_evaluation_run_at_most_one_step_ahead_of_the_device(tmp_path, monkeypatch):
+  """A loop that dispatches ahead of the device leaves steps queued that Ctrl-C must wait for."""
+  config = _config(num_epochs=1, log_every_steps=8, eval_every_epochs=0)
+  config.conversion.enabled = False
+  train_steps = _SlowSteps(training._jitted_train_step.__wrapped__, delay=0.3)
+  monkeypatch.setattr(training, '_jitted_train_step', train_steps)
+  state = training.train_and_evaluate(config, str(tmp_path))
+  assert len(train_steps.ready_two_calls_back) == 6 and all(train_steps.ready_two_calls_back)
+
+  eval_steps = _SlowSteps(training._jitted_eval_step.__wrapped__, delay=0.3)
+  monkeypatch.setattr(training, '_jitted_eval_step', eval_steps)
+  test = data.ArraySplit(np.zeros((128, *config.input_shape), np.uint8), np.zeros(128, np.int32))
+  training.evaluate({'params': state.params, 'batch_stats': state.batch_stats}, test,
+                    apply_fn=state.apply_fn, config=config, mesh=parallel.data_mesh())
+  assert len(eval_steps.ready_two_calls_back) == 2 and all(eval_steps.ready_two_calls_back)
 
 
 def _identity(image, rng):
@@ -526,7 +576,8 @@ INTERRUPTED_SAVE_SCRIPT = textwrap.dedent('''
       saved = real_save(self, step, *args, **kwargs)
       if step == 10:
         print('saving', flush=True)
-        time.sleep(600)
+        for _ in range(6000):  # not one sleep(600): a SIGINT that lands on another thread
+          time.sleep(0.1)      # (grain's, orbax's) is raised only when this one runs Python
       return saved
 
     ocp.CheckpointManager.save = save_then_wait
