@@ -2,8 +2,10 @@
 hours of training (`check_config`)."""
 
 import math
+import sys
 
 import ml_collections
+from absl import app
 
 from cos_jax import augment, models
 
@@ -119,3 +121,20 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
   if problems:
     raise ValueError('The config cannot run: ' + '; '.join(problems) + '. Fix these fields '
                      '(--config.<field>=...) and start again.')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for train.py and convert.py (`app.run(main, flags_parser=parse_flags)`).
+
+  An override of a field the config does not have (`--config.num_epoch=5`) ends like any other
+  flag error, in one message with ml_collections' spelling hint, instead of its AttributeError
+  traceback.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as error:
+    cause = error.args[0] if error.args else error
+    detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
+    sys.exit(f'FATAL Flags parsing error: a --config.* override names a field the config does '
+             f'not have: {detail}\nOnly the fields of the config file can be overridden: check '
+             'the spelling against it.')

@@ -1,5 +1,9 @@
 """Bad input gets an error that names the problem and the expected value, before any compile."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -189,3 +193,18 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_training(tmp_pat
   config.batch_size = 512  # the synthetic training set has 256 examples
   with pytest.raises(ValueError, match=r'batch_size=512 is larger than the training set \(256'):
     training.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('script,override,hint', [
+    ('train.py', '--config.num_epoch=1', 'Did you mean "num_epochs"'),
+    ('convert.py', '--config.conversion.max_t=4', 'Did you mean "max_T"'),
+])
+def test_scripts_refuse_an_override_of_a_missing_field_in_one_message(tmp_path, script, override,
+                                                                      hint):
+  result = subprocess.run(
+      [sys.executable, script, '--config=configs/test.py', f'--workdir={tmp_path / "run"}',
+       override], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert 'names a field the config does not have' in result.stderr and hint in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()
