@@ -6,7 +6,8 @@ checkpoint to restore into today's model, and the model to compute the function 
 measured. The last is pinned by the logits of a fixed random batch (tests/data/shipped_logits.json,
 recorded on 2026-11-30 with the code that wrote the short run's report and re-creates its ANN
 accuracy exactly): a change that moves them beyond float32 rounding changes what the shipped
-reports describe, and they have to be re-created.
+reports describe, and they have to be re-created. After re-creating them, record the logits
+again with `python -m tests.test_shipped_results` (every run in docs/results/ with a checkpoint).
 """
 
 import json
@@ -27,12 +28,28 @@ def fixed_batch(config) -> np.ndarray:
   return np.random.default_rng(0).normal(size=(4, *config.input_shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize('run', sorted(EXPECTED))
-def test_shipped_run_restores_and_computes_its_recorded_logits(run):
+def shipped_logits(run: str) -> np.ndarray:
+  """The logits of `fixed_batch` through the network shipped in docs/results/<run>."""
   workdir = ROOT / 'docs/results' / run
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   config_checks.check_config(config, training=False)
   assert not Path(config.data_dir).is_absolute(), 'a clone elsewhere could not find the data'
   model, variables = training.restore_variables(config, workdir)
-  logits = jax.jit(model.apply)(variables, fixed_batch(config))
-  np.testing.assert_allclose(logits, EXPECTED[run], rtol=1e-4, atol=1e-4)
+  return jax.jit(model.apply)(variables, fixed_batch(config))
+
+
+@pytest.mark.parametrize('run', sorted(EXPECTED))
+def test_shipped_run_restores_and_computes_its_recorded_logits(run):
+  np.testing.assert_allclose(shipped_logits(run), EXPECTED[run], rtol=1e-4, atol=1e-4)
+
+
+def test_every_shipped_checkpoint_has_recorded_logits():
+  shipped = {p.parent.name for p in (ROOT / 'docs/results').glob('*/checkpoints')}
+  assert shipped == set(EXPECTED), 'record them: python -m tests.test_shipped_results'
+
+
+if __name__ == '__main__':
+  runs = sorted(p.parent.name for p in (ROOT / 'docs/results').glob('*/checkpoints'))
+  logits = {run: np.round(np.asarray(shipped_logits(run), np.float64), 5).tolist() for run in runs}
+  (ROOT / 'tests/data/shipped_logits.json').write_text(json.dumps(logits, indent=1) + '\n')
+  print(f"recorded the logits of {', '.join(runs)} in tests/data/shipped_logits.json")
