@@ -15,7 +15,7 @@ the fields that differ (only the data's source and reading and the report's sett
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cos_jax import training
+from cos_jax import training, workdir
 from cos_jax.config_checks import parse_flags
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
-  training.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
+  with workdir.resumable_on_interrupt(FLAGS.workdir):
+    training.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
 
 
 if __name__ == '__main__':

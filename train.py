@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cos_jax import training
+from cos_jax import training, workdir
 from cos_jax.config_checks import parse_flags
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint at INFO
   if FLAGS.distributed:
     jax.distributed.initialize()
-  training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  with workdir.resumable_on_interrupt(FLAGS.workdir):
+    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

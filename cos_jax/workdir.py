@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -24,6 +25,20 @@ from flax import traverse_util
 RESUMABLE_CHANGES = ('data_dir', 'data_threads', 'data_workers', 'preload_images',
                      'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
                      'eval_batch_size', 'conversion')
+
+
+@contextlib.contextmanager
+def resumable_on_interrupt(path):
+  """Ctrl-C in train.py or convert.py ends the process with one line saying how the run resumes,
+  not a traceback; exit status 130, as a shell reports an interrupted command. Whatever the run
+  was doing has been wound down by then (checkpoint manager closed, lock released)."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: training from '
+                     'its newest checkpoint, the conversion report from its last finished '
+                     'batch.\n')
+    sys.exit(130)
 
 
 class WorkdirBusyError(RuntimeError):

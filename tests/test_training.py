@@ -601,6 +601,23 @@ def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_who
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))
 
 
+def test_ctrl_c_in_train_py_ends_in_one_line_saying_how_to_resume(tmp_path):
+  process = subprocess.Popen(
+      [sys.executable, 'train.py', '--config=configs/test.py', f'--workdir={tmp_path}',
+       '--config.num_epochs=1000', '--config.conversion.enabled=False'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert any(line.startswith('step 4/') for line in iter(process.stdout.readline, ''))
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=120)
+  finally:
+    process.kill()
+  stderr = process.stderr.read()
+  assert process.returncode == 130
+  assert f'The same command resumes the run in {tmp_path}' in stderr
+  assert 'Traceback' not in stderr
+
+
 def test_worker_processes_give_the_batches_of_threads():
   split = data.ArraySplit(np.arange(32, dtype=np.uint8).reshape(32, 1, 1, 1) * 7, np.arange(32))
   transform = augment.TrainTransform('cifar', 1, 1, flip=True)
