@@ -197,6 +197,21 @@ def _pipeline_section(pipeline: dict) -> list[str]:
   return lines + ['']
 
 
+def _interrupt_section(interrupt: dict) -> list[str]:
+  medians = interrupt['median_seconds_to_exit']
+  lines = ['## Ctrl-C', '', f"`{interrupt['command']}` ([`interrupt.json`](interrupt.json)), "
+           f"{interrupt['machine']['date']}: train.py on ResNet-20 and synthetic data, SIGINT "
+           f"{interrupt['wait_seconds']:g} s after the first log line (step 50), seconds until "
+           'the process exits, median of the runs in the JSON; the baseline commit runs from a '
+           'temporary git worktree.', '', '| code | seconds from SIGINT to exit |', '|---|---|']
+  lines += [f'| {name} | {median:.1f} |' for name, median in medians.items()]
+  lines += ['', 'The host outpaces a CPU device, so a loop that never waits queues steps; XLA '
+            'runs every queued step before the process can exit (py-spy: the PjRt CPU client '
+            "joining its thread pool). Since 19270c9 each step waits for the one before it: one "
+            'step stays queued behind the running one and the device is never idle.', '']
+  return lines
+
+
 def main():
   cost = _load('snn_cost.json')
   machine = cost['machine']
@@ -211,6 +226,7 @@ def main():
   lines += _memory_section(_load('snn_memory.json'))
   lines += _profile_section(_load('layer_profile.json'))
   lines += _pipeline_section(_load('input_pipeline.json'))
+  lines += _interrupt_section(_load('interrupt.json'))
   (RESULTS / 'README.md').write_text('\n'.join(lines))
 
 
