@@ -135,6 +135,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   except AttributeError as error:
     cause = error.args[0] if error.args else error
     detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-    sys.exit(f'FATAL Flags parsing error: a --config.* override names a field the config does '
-             f'not have: {detail}\nOnly the fields of the config file can be overridden: check '
-             'the spelling against it.')
+    overrides = [arg.split('=', 1)[0] for arg in argv if arg.startswith('--config.')]
+    named = [flag for flag in overrides
+             if any(f"'{field}'" in detail for field in flag.split('.')[1:])]
+    if not named:  # not an override's: an error in the config file itself
+      raise
+    sys.exit(f'FATAL Flags parsing error: {named[0]} names a field the config does not have: '
+             f'{detail}\nOnly the fields of the config file can be overridden: check the '
+             'spelling against it.')
