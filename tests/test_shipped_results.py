@@ -21,18 +21,23 @@ import pytest
 from cos_jax import config_checks, training
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / 'docs/results'
 EXPECTED = json.loads((ROOT / 'tests/data/shipped_logits.json').read_text())
+CHECKPOINTED_RUNS = sorted(p.parent.name for p in RESULTS.glob('*/checkpoints'))
 
 
 def fixed_batch(config) -> np.ndarray:
   return np.random.default_rng(0).normal(size=(4, *config.input_shape)).astype(np.float32)
 
 
+def shipped_config(run: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads((RESULTS / run / 'config.json').read_text()))
+
+
 def shipped_logits(run: str) -> np.ndarray:
   """The logits of `fixed_batch` through the network shipped in docs/results/<run>."""
-  workdir = ROOT / 'docs/results' / run
-  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
-  model, variables = training.restore_variables(config, workdir)
+  config = shipped_config(run)
+  model, variables = training.restore_variables(config, RESULTS / run)
   return jax.jit(model.apply)(variables, fixed_batch(config))
 
 
@@ -41,22 +46,19 @@ def test_shipped_run_restores_and_computes_its_recorded_logits(run):
   np.testing.assert_allclose(shipped_logits(run), EXPECTED[run], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('run', sorted(p.parent.name for p in
-                                        (ROOT / 'docs/results').glob('*/config.json')))
+@pytest.mark.parametrize('run', sorted(p.parent.name for p in RESULTS.glob('*/config.json')))
 def test_shipped_configs_pass_the_conversion_checks_with_relative_data_paths(run):
-  config = ml_collections.ConfigDict(
-      json.loads((ROOT / 'docs/results' / run / 'config.json').read_text()))
+  config = shipped_config(run)
   config_checks.check_config(config, training=False)  # what convert.py checks
   assert not Path(config.data_dir).is_absolute(), 'a clone elsewhere could not find the data'
 
 
 def test_every_shipped_checkpoint_has_recorded_logits():
-  shipped = {p.parent.name for p in (ROOT / 'docs/results').glob('*/checkpoints')}
-  assert shipped == set(EXPECTED), 'record them: python -m tests.test_shipped_results'
+  assert CHECKPOINTED_RUNS == sorted(EXPECTED), 'record them: python -m tests.test_shipped_results'
 
 
 if __name__ == '__main__':
-  runs = sorted(p.parent.name for p in (ROOT / 'docs/results').glob('*/checkpoints'))
-  logits = {run: np.round(np.asarray(shipped_logits(run), np.float64), 5).tolist() for run in runs}
+  logits = {run: np.round(np.asarray(shipped_logits(run), np.float64), 5).tolist()
+            for run in CHECKPOINTED_RUNS}
   (ROOT / 'tests/data/shipped_logits.json').write_text(json.dumps(logits, indent=1) + '\n')
-  print(f"recorded the logits of {', '.join(runs)} in tests/data/shipped_logits.json")
+  print(f"recorded the logits of {', '.join(CHECKPOINTED_RUNS)} in tests/data/shipped_logits.json")
