@@ -53,6 +53,35 @@ def test_shipped_configs_pass_the_conversion_checks_with_relative_data_paths(run
   assert not Path(config.data_dir).is_absolute(), 'a clone elsewhere could not find the data'
 
 
+def report_table_rows(report: dict) -> tuple[str, ...]:
+  """The accuracy rows the READMEs quote from a conversion report.json (T = 1, 2, 4, ..., 32)."""
+  ann = 100 * report['ann_accuracy']
+  rows = []
+  for name, method in report['methods'].items():
+    label = 'QCFS (no shifts)' if name == 'qcfs' else 'COS'
+    by_t = [f"{100 * method['accuracy_by_T'][t - 1]:.2f}" for t in (1, 2, 4, 8, 16, 32)]
+    rows.append(f"| {label} | {method['rho']} | {ann:.2f} | {' | '.join(by_t)} |")
+  return tuple(rows)
+
+
+def quoted_tables(markdown: str) -> list[tuple[str, ...]]:
+  """The rows of every table in `markdown` laid out as `report_table_rows`'s."""
+  header = '| method | rho | ANN | T=1 | T=2 | T=4 | T=8 | T=16 | T=32 |'
+  lines = markdown.splitlines()
+  return [tuple(lines[i + 2:i + 6]) for i, line in enumerate(lines) if line == header]
+
+
+def test_readme_accuracy_tables_are_those_of_the_shipped_reports():
+  reports = {run.parent.name: report_table_rows(json.loads(run.read_text()))
+             for run in RESULTS.glob('*/report.json')}
+  results_readme = (RESULTS / 'README.md').read_text()
+  for run, rows in reports.items():
+    assert rows in quoted_tables(results_readme), f'docs/results/README.md lacks {run}\'s table'
+  for readme in (ROOT / 'README.md', RESULTS / 'README.md'):
+    for table in quoted_tables(readme.read_text()):
+      assert table in reports.values(), f'{readme.name} quotes a table no report holds: {table}'
+
+
 def test_every_shipped_checkpoint_has_recorded_logits():
   assert CHECKPOINTED_RUNS == sorted(EXPECTED), 'record them: python -m tests.test_shipped_results'
 
