@@ -31,7 +31,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
-  with workdir.resumable_on_interrupt(FLAGS.workdir):
+  with workdir.resumable_on_interrupt(FLAGS.workdir,
+                                      'the conversion report from its last finished batch'):
     training.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
 
 

@@ -28,7 +28,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint at INFO
   if FLAGS.distributed:
     jax.distributed.initialize()
-  with workdir.resumable_on_interrupt(FLAGS.workdir):
+  with workdir.resumable_on_interrupt(
+      FLAGS.workdir, 'training from its newest checkpoint, the conversion report after it from '
+      'its last finished batch'):
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

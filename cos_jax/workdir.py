@@ -28,16 +28,15 @@ RESUMABLE_CHANGES = ('data_dir', 'data_threads', 'data_workers', 'preload_images
 
 
 @contextlib.contextmanager
-def resumable_on_interrupt(path):
-  """Ctrl-C in train.py or convert.py ends the process with one line saying how the run resumes,
-  not a traceback; exit status 130, as a shell reports an interrupted command. Whatever the run
-  was doing has been wound down by then (checkpoint manager closed, lock released)."""
+def resumable_on_interrupt(path, resumes: str):
+  """Ctrl-C in train.py or convert.py ends the process with one line saying how the run resumes
+  (`resumes`: from where), not a traceback; exit status 130, as a shell reports an interrupted
+  command. Whatever the run was doing has been wound down by then (checkpoint manager closed,
+  lock released)."""
   try:
     yield
   except KeyboardInterrupt:
-    sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: training from '
-                     'its newest checkpoint, the conversion report from its last finished '
-                     'batch.\n')
+    sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
     sys.exit(130)
 
 

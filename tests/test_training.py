@@ -614,8 +614,30 @@ def test_ctrl_c_in_train_py_ends_in_one_line_saying_how_to_resume(tmp_path):
     process.kill()
   stderr = process.stderr.read()
   assert process.returncode == 130
-  assert f'The same command resumes the run in {tmp_path}' in stderr
+  assert f'The same command resumes the run in {tmp_path}: training from' in stderr
   assert 'Traceback' not in stderr
+
+
+CONVERT_INTERRUPTED_SCRIPT = textwrap.dedent('''
+    import runpy, sys
+    from cos_jax import training
+
+    def interrupted(*args):
+      raise KeyboardInterrupt
+
+    training.convert_and_report = interrupted
+    sys.argv = ['convert.py', '--workdir=' + sys.argv[1]]
+    runpy.run_path('convert.py', run_name='__main__')
+''')
+
+
+def test_ctrl_c_in_convert_py_names_only_the_report_as_what_resumes(tmp_path):
+  process = subprocess.run([sys.executable, '-c', CONVERT_INTERRUPTED_SCRIPT, str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert process.returncode == 130
+  assert process.stderr.strip().endswith(
+      f'resumes the run in {tmp_path}: the conversion report from its last finished batch.')
+  assert 'Traceback' not in process.stderr
 
 
 def test_worker_processes_give_the_batches_of_threads():
