@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cos_jax import config_checks, training
+from cos_jax import config_checks, conversion_report, training
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / 'docs/results'
@@ -53,30 +53,33 @@ def test_shipped_configs_pass_the_conversion_checks_with_relative_data_paths(run
   assert not Path(config.data_dir).is_absolute(), 'a clone elsewhere could not find the data'
 
 
+ACCURACY_HEADER = '| method | rho | ANN | T=1 | T=2 | T=4 | T=8 | T=16 | T=32 |'
+METHODS_PER_TABLE = 4  # QCFS and COS at rho = 2, 4, 8
+
+
 def report_table_rows(report: dict) -> tuple[str, ...]:
-  """The accuracy rows the READMEs quote from a conversion report.json (T = 1, 2, 4, ..., 32)."""
-  ann = 100 * report['ann_accuracy']
-  rows = []
-  for name, method in report['methods'].items():
-    label = 'QCFS (no shifts)' if name == 'qcfs' else 'COS'
-    by_t = [f"{100 * method['accuracy_by_T'][t - 1]:.2f}" for t in (1, 2, 4, 8, 16, 32)]
-    rows.append(f"| {label} | {method['rho']} | {ann:.2f} | {' | '.join(by_t)} |")
-  return tuple(rows)
+  """The accuracy rows of a report.json as report.md writes them, named as the READMEs name the
+  methods ('QCFS (no shifts)' for qcfs, 'COS' for cos_rho<N>)."""
+  lines = conversion_report.to_markdown(report, title='').splitlines()
+  start = lines.index(ACCURACY_HEADER) + 2
+  rows = lines[start:start + len(report['methods'])]
+  return tuple(f"| {'QCFS (no shifts)' if name == 'qcfs' else 'COS'} |{row.split('|', 2)[2]}"
+               for name, row in zip(report['methods'], rows, strict=True))
 
 
 def quoted_tables(markdown: str) -> list[tuple[str, ...]]:
-  """The rows of every table in `markdown` laid out as `report_table_rows`'s."""
-  header = '| method | rho | ANN | T=1 | T=2 | T=4 | T=8 | T=16 | T=32 |'
+  """The rows of every accuracy table with T up to 32 in `markdown`."""
   lines = markdown.splitlines()
-  return [tuple(lines[i + 2:i + 6]) for i, line in enumerate(lines) if line == header]
+  return [tuple(lines[i + 2:i + 2 + METHODS_PER_TABLE]) for i, line in enumerate(lines)
+          if line == ACCURACY_HEADER]
 
 
 def test_readme_accuracy_tables_are_those_of_the_shipped_reports():
   reports = {run.parent.name: report_table_rows(json.loads(run.read_text()))
              for run in RESULTS.glob('*/report.json')}
-  results_readme = (RESULTS / 'README.md').read_text()
+  results_tables = quoted_tables((RESULTS / 'README.md').read_text())
   for run, rows in reports.items():
-    assert rows in quoted_tables(results_readme), f'docs/results/README.md lacks {run}\'s table'
+    assert rows in results_tables, f'docs/results/README.md lacks {run}\'s table'
   for readme in (ROOT / 'README.md', RESULTS / 'README.md'):
     for table in quoted_tables(readme.read_text()):
       assert table in reports.values(), f'{readme.name} quotes a table no report holds: {table}'
