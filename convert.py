@@ -19,11 +19,15 @@ from cos_jax import training, workdir
 from cos_jax.config_checks import parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (default: <workdir>/config.json).',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+  'config', None, 'Config file (default: <workdir>/config.json).', lock_config=False
+)
 flags.DEFINE_string('workdir', None, 'Run folder: its checkpoint is read and the report written.')
-flags.DEFINE_string('torch_checkpoint', None,
-                    'A PyTorch state_dict (.pth or .npz) of the reference code to convert instead.')
+flags.DEFINE_string(
+  'torch_checkpoint',
+  None,
+  'A PyTorch state_dict (.pth or .npz) of the reference code to convert instead.',
+)
 flags.mark_flag_as_required('workdir')
 
 
@@ -31,8 +35,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
-  with workdir.resumable_on_interrupt(FLAGS.workdir,
-                                      'the conversion report from its last finished batch'):
+  with workdir.resumable_on_interrupt(
+    FLAGS.workdir, 'the conversion report from its last finished batch'
+  ):
     training.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
 
 

@@ -16,9 +16,12 @@ from cos_jax.config_checks import parse_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder holding the run (checkpoints, metrics, report).')
-flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() first: one process per host of a TPU pod or '
-                  'GPU cluster, each running this same command.')
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Call jax.distributed.initialize() first: one process per host of a TPU pod or '
+  'GPU cluster, each running this same command.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -29,8 +32,10 @@ def main(argv):
   if FLAGS.distributed:
     jax.distributed.initialize()
   with workdir.resumable_on_interrupt(
-      FLAGS.workdir, 'training from its newest checkpoint, the conversion report after it from '
-      'its last finished batch'):
+    FLAGS.workdir,
+    'training from its newest checkpoint, the conversion report after it from '
+    'its last finished batch',
+  ):
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -30,9 +30,14 @@ def machine() -> dict:
       if line.startswith('model name'):
         cpu = line.split(':', 1)[1].strip()
         break
-  return {'cpu': cpu, 'cores': os.cpu_count(), 'platform': platform.platform(),
-          'jax': jax.__version__, 'backend': jax.default_backend(),
-          'date': datetime.date.today().isoformat()}
+  return {
+    'cpu': cpu,
+    'cores': os.cpu_count(),
+    'platform': platform.platform(),
+    'jax': jax.__version__,
+    'backend': jax.default_backend(),
+    'date': datetime.date.today().isoformat(),
+  }
 
 
 def write_result(path: str, **payload) -> None:

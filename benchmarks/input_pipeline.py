@@ -28,11 +28,11 @@ from cos_jax import augment, data
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STAGES = {
-    'crop': augment.TrainTransform('cifar', 32, 32, crop_padding=4, mean=MEAN),
-    'flip': augment.TrainTransform('cifar', 32, 32, flip=True, mean=MEAN),
-    'autoaugment': augment.TrainTransform('cifar', 32, 32, autoaugment=True, mean=MEAN),
-    'cutout': augment.TrainTransform('cifar', 32, 32, cutout_size=16, mean=MEAN),
-    'all (SPEC section 7)': augment.TrainTransform('cifar', 32, 32, 4, True, True, 16, MEAN),
+  'crop': augment.TrainTransform('cifar', 32, 32, crop_padding=4, mean=MEAN),
+  'flip': augment.TrainTransform('cifar', 32, 32, flip=True, mean=MEAN),
+  'autoaugment': augment.TrainTransform('cifar', 32, 32, autoaugment=True, mean=MEAN),
+  'cutout': augment.TrainTransform('cifar', 32, 32, cutout_size=16, mean=MEAN),
+  'all (SPEC section 7)': augment.TrainTransform('cifar', 32, 32, 4, True, True, 16, MEAN),
 }
 CIFAR_RECIPE = STAGES['all (SPEC section 7)']
 IMAGENET_RECIPE = augment.TrainTransform('imagenet', 224, 224, flip=True)
@@ -69,12 +69,20 @@ def write_jpeg_folder(root: Path, count: int, seed: int = 0) -> data.ImageFolder
   return data.ImageFolderSplit(tuple(files), np.zeros(len(files), np.int32), 3)
 
 
-def _pipeline_rate(split, transform, *, batch: int, steps: int, threads: int,
-                   workers: int) -> float:
+def _pipeline_rate(
+  split, transform, *, batch: int, steps: int, threads: int, workers: int
+) -> float:
   """Images/s of train_batches over `steps` batches, after the first (start-up) one."""
-  batches = data.train_batches(split, batch_size=batch, seed=0, start_step=0,
-                               num_steps=steps + 1, transform=transform, threads=threads,
-                               workers=workers)
+  batches = data.train_batches(
+    split,
+    batch_size=batch,
+    seed=0,
+    start_step=0,
+    num_steps=steps + 1,
+    transform=transform,
+    threads=threads,
+    workers=workers,
+  )
   next(batches)
   start = time.perf_counter()
   for _ in range(steps):
@@ -82,7 +90,7 @@ def _pipeline_rate(split, transform, *, batch: int, steps: int, threads: int,
   return steps * batch / (time.perf_counter() - start)
 
 
-STREAM_SCRIPT = '''
+STREAM_SCRIPT = """
 import resource, sys
 from pathlib import Path
 import numpy as np
@@ -95,18 +103,23 @@ for _ in data.train_batches(split, batch_size=50, seed=0, start_step=0, num_step
                             transform=IMAGENET_RECIPE, threads=2):
   pass
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-'''
+"""
 
 
 def _peak_memory_mb(folder: Path, count: int) -> float:
   """Peak RSS (MB) of a fresh process streaming 3 epochs of the first `count` images."""
-  out = subprocess.run([sys.executable, '-c', STREAM_SCRIPT, str(folder), str(count)],
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, '-c', STREAM_SCRIPT, str(folder), str(count)],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
 def _folder_config(root: str):
   from configs import cifar10  # pylint: disable=import-outside-toplevel
+
   config = cifar10.get_config()
   config.data_source, config.data_dir = 'image_folder', root
   return config
@@ -132,16 +145,36 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     folder = Path(tmp)
     large = write_jpeg_folder(folder, 5000)
-    cases = [(cifar_name, cifar, 'cifar', CIFAR_RECIPE, 128, 20, threads, 0)
-             for threads in (1, 2)]
-    cases += [('224 px JPEG folder (200-500 px, q90)', large, 'imagenet', IMAGENET_RECIPE, 64,
-               8, 2, workers) for workers in (0, 1, 2)]
+    cases = [(cifar_name, cifar, 'cifar', CIFAR_RECIPE, 128, 20, threads, 0) for threads in (1, 2)]
+    cases += [
+      (
+        '224 px JPEG folder (200-500 px, q90)',
+        large,
+        'imagenet',
+        IMAGENET_RECIPE,
+        64,
+        8,
+        2,
+        workers,
+      )
+      for workers in (0, 1, 2)
+    ]
     for name, split, recipe, transform, batch, steps, threads, workers in cases:
-      rates = [_pipeline_rate(split, transform, batch=batch, steps=steps, threads=threads,
-                              workers=workers) for _ in range(args.repeats)]
+      rates = [
+        _pipeline_rate(split, transform, batch=batch, steps=steps, threads=threads, workers=workers)
+        for _ in range(args.repeats)
+      ]
       rate = statistics.median(rates)
-      pipelines.append({'data': name, 'recipe': recipe, 'threads': threads, 'workers': workers,
-                        'batch': batch, 'images_per_second': rate})
+      pipelines.append(
+        {
+          'data': name,
+          'recipe': recipe,
+          'threads': threads,
+          'workers': workers,
+          'batch': batch,
+          'images_per_second': rate,
+        }
+      )
       print(f'| {name} | {recipe} | {threads} | {workers} | {rate:.0f} |')
     memory = []
     print('\n| JPEG folder images | peak RSS streaming 3 epochs (MB) |\n|---|---|')
@@ -149,8 +182,13 @@ def main():
       peak = _peak_memory_mb(folder, count)
       memory.append({'images': count, 'peak_rss_mb': peak})
       print(f'| {count} | {peak:.0f} |')
-  write_result(args.out, stages=stages, pipelines=pipelines, memory=memory,
-               parent_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  write_result(
+    args.out,
+    stages=stages,
+    pipelines=pipelines,
+    memory=memory,
+    parent_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  )
 
 
 if __name__ == '__main__':

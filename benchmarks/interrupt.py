@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.common import write_result
 
-CONFIG = '''from configs import cifar10_short
+CONFIG = """from configs import cifar10_short
 
 
 def get_config():
@@ -34,23 +34,29 @@ def get_config():
   config.synthetic_test_size = 100
   config.conversion.enabled = False
   return config
-'''
+"""
 FIRST_LOG = 'step 50/'
 
 
 def seconds_to_exit(code: Path, config: Path, workdir: Path, wait: float) -> float:
   """Starts train.py in `code`, interrupts it `wait` s after its first log line, times the exit."""
   process = subprocess.Popen(
-      [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}'], cwd=code,
-      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-      # A shell's background job ignores SIGINT, and children inherit that: restore Ctrl-C.
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}'],
+    cwd=code,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+    # A shell's background job ignores SIGINT, and children inherit that: restore Ctrl-C.
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+  )
   for line in process.stdout:
     if line.startswith(FIRST_LOG):
       break
   else:
-    raise RuntimeError(f'train.py in {code} exited (status {process.wait()}) before logging '
-                       f'{FIRST_LOG!r}; run it by hand with --config={config} to see why.')
+    raise RuntimeError(
+      f'train.py in {code} exited (status {process.wait()}) before logging '
+      f'{FIRST_LOG!r}; run it by hand with --config={config} to see why.'
+    )
   time.sleep(wait)
   start = time.perf_counter()
   process.send_signal(signal.SIGINT)
@@ -63,16 +69,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--baseline', default='18100e2', help='the commit to compare against')
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--wait', type=float, default=5.0,
-                      help='seconds between the first log line and SIGINT')
+  parser.add_argument(
+    '--wait', type=float, default=5.0, help='seconds between the first log line and SIGINT'
+  )
   parser.add_argument('--out', default='docs/benchmarks/interrupt.json')
   args = parser.parse_args()
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     baseline = tmp / 'baseline'
-    subprocess.run(['git', 'worktree', 'add', '--detach', str(baseline), args.baseline],
-                   check=True, capture_output=True)
+    subprocess.run(
+      ['git', 'worktree', 'add', '--detach', str(baseline), args.baseline],
+      check=True,
+      capture_output=True,
+    )
     try:
       config = tmp / 'interrupt_config.py'
       config.write_text(CONFIG)
@@ -80,8 +90,9 @@ def main():
       times = {name: [] for name in trees}
       for repeat in range(args.repeats):
         for name, code in trees.items():
-          times[name].append(seconds_to_exit(code, config, tmp / f'workdir_{name}_{repeat}',
-                                             args.wait))
+          times[name].append(
+            seconds_to_exit(code, config, tmp / f'workdir_{name}_{repeat}', args.wait)
+          )
           print(f'{name}: exited {times[name][-1]:.1f} s after SIGINT', flush=True)
     finally:
       subprocess.run(['git', 'worktree', 'remove', '--force', str(baseline)], check=True)
@@ -90,8 +101,9 @@ def main():
   print('| code | median seconds from SIGINT to exit |\n|---|---|')
   for name, median in medians.items():
     print(f'| {name} | {median:.1f} |')
-  write_result(args.out, wait_seconds=args.wait, seconds_to_exit=times,
-               median_seconds_to_exit=medians)
+  write_result(
+    args.out, wait_seconds=args.wait, seconds_to_exit=times, median_seconds_to_exit=medians
+  )
 
 
 if __name__ == '__main__':

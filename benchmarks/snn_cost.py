@@ -28,20 +28,29 @@ from cos_jax import xla
 
 def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int:
   chunk = chunk or rho or snn_lib.DEFAULT_CHUNK  # the defaults of calibrate_and_simulate
-  lowered = xla.jit(lambda x: snn_lib._run(
-      snn, x, steps=T, first_chunk=rho or min(T, chunk), rounds=1 if rho else 0, chunk=chunk,
-      shift_values=None, statistics_steps=0)[0]).lower(images)
+  lowered = xla.jit(
+    lambda x: snn_lib._run(
+      snn,
+      x,
+      steps=T,
+      first_chunk=rho or min(T, chunk),
+      rounds=1 if rho else 0,
+      chunk=chunk,
+      shift_values=None,
+      statistics_steps=0,
+    )[0]
+  ).lower(images)
   stats = lowered.compile().memory_analysis()
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes)
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
 def benchmark_model(arch: str, args) -> dict:
   model = cos_jax.create_model(arch, num_classes=10, levels=4)
   variables = cos_jax.init_variables(model, jax.random.key(0))
   # Thresholds and BN as after training, so that neurons fire at realistic rates.
-  variables['params'] = jax.tree.map(lambda x: jnp.full_like(x, 2.0) if x.ndim == 0 else x,
-                                     variables['params'])
+  variables['params'] = jax.tree.map(
+    lambda x: jnp.full_like(x, 2.0) if x.ndim == 0 else x, variables['params']
+  )
   snn = cos_jax.convert(model, variables)
   ann = xla.jit(lambda v, x: model.apply(v, x, train=False))
   result = {'arch': arch, 'ann': {}, 'snn': [], 'memory': []}
@@ -55,18 +64,35 @@ def benchmark_model(arch: str, args) -> dict:
   for rho in (0, 4) if 'snn' in args.parts else ():
     ann_seconds = result['ann'][batch]['seconds']
     for T in args.Ts:
-      run = functools.partial(cos_jax.calibrate_and_simulate, snn, images, T, rho=rho,
-                              chunk=args.chunk or None)
+      run = functools.partial(
+        cos_jax.calibrate_and_simulate, snn, images, T, rho=rho, chunk=args.chunk or None
+      )
       seconds = median_seconds(lambda run=run: run()[0], args.repeats)
-      result['snn'].append({'rho': rho, 'T': T, 'batch': batch, 'seconds': seconds,
-                            'images_per_second': batch / seconds,
-                            'ratio_to_ann_bound': seconds / (max(T, rho) * ann_seconds)})
-      print(f'{arch} rho={rho} T={T}: {seconds:.3f} s, '
-            f'ratio {result["snn"][-1]["ratio_to_ann_bound"]:.2f}', flush=True)
+      result['snn'].append(
+        {
+          'rho': rho,
+          'T': T,
+          'batch': batch,
+          'seconds': seconds,
+          'images_per_second': batch / seconds,
+          'ratio_to_ann_bound': seconds / (max(T, rho) * ann_seconds),
+        }
+      )
+      print(
+        f'{arch} rho={rho} T={T}: {seconds:.3f} s, '
+        f'ratio {result["snn"][-1]["ratio_to_ann_bound"]:.2f}',
+        flush=True,
+      )
   for rho in (0, 4) if 'memory' in args.parts else ():
     for T in args.memory_Ts:
-      result['memory'].append({'T': T, 'batch': batch, 'rho': rho,
-                               'peak_bytes': compiled_peak_bytes(snn, images, T, rho, args.chunk)})
+      result['memory'].append(
+        {
+          'T': T,
+          'batch': batch,
+          'rho': rho,
+          'peak_bytes': compiled_peak_bytes(snn, images, T, rho, args.chunk),
+        }
+      )
   return result
 
 
@@ -79,14 +105,18 @@ def print_tables(results: list[dict]) -> None:
   print('|---|---|---|---|---|')
   for r in results:
     for v in r['snn']:
-      print(f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["images_per_second"]:.1f} | '
-            f'{v["ratio_to_ann_bound"]:.2f} |')
+      print(
+        f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["images_per_second"]:.1f} | '
+        f'{v["ratio_to_ann_bound"]:.2f} |'
+      )
   print('\n| model | rho | T | peak MB | / peak at the first T |\n|---|---|---|---|---|')
   for r in results:
     for v in r['memory']:
       first = next(m for m in r['memory'] if m['rho'] == v['rho'])['peak_bytes']
-      print(f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["peak_bytes"] / 2**20:.1f} | '
-            f'{v["peak_bytes"] / first:.2f} |')
+      print(
+        f'| {r["arch"]} | {v["rho"]} | {v["T"]} | {v["peak_bytes"] / 2**20:.1f} | '
+        f'{v["peak_bytes"] / first:.2f} |'
+      )
 
 
 def main():
@@ -95,8 +125,9 @@ def main():
   parser.add_argument('--batches', default='50,128')
   parser.add_argument('--Ts', default='1,2,4,8,16,32')
   parser.add_argument('--memory_Ts', default='8,16,64,128')
-  parser.add_argument('--parts', default='ann,snn,memory',
-                      help='which measurements (snn needs ann)')
+  parser.add_argument(
+    '--parts', default='ann,snn,memory', help='which measurements (snn needs ann)'
+  )
   parser.add_argument('--chunk', type=int, default=0, help='0: the library default')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--out', default='docs/benchmarks/snn_cost.json')

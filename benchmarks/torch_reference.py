@@ -29,7 +29,6 @@ LEVELS = 4
 if torch is not None:
 
   class FloorStraightThrough(torch.autograd.Function):
-
     @staticmethod
     def forward(ctx, x):
       return torch.floor(x)
@@ -56,26 +55,41 @@ if torch is not None:
     for widths in ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)):
       stage = []
       for width in widths:
-        stage += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), QCFS(),
-                  nn.Dropout(0.0)]
+        stage += [
+          nn.Conv2d(channels, width, 3, padding=1),
+          nn.BatchNorm2d(width),
+          QCFS(),
+          nn.Dropout(0.0),
+        ]
         channels = width
       layers.append(nn.Sequential(*stage, nn.AvgPool2d(2)))
-    classifier = nn.Sequential(nn.Flatten(), nn.Linear(512, 4096), QCFS(), nn.Dropout(0.0),
-                               nn.Linear(4096, 4096), QCFS(), nn.Dropout(0.0),
-                               nn.Linear(4096, num_classes))
+    classifier = nn.Sequential(
+      nn.Flatten(),
+      nn.Linear(512, 4096),
+      QCFS(),
+      nn.Dropout(0.0),
+      nn.Linear(4096, 4096),
+      QCFS(),
+      nn.Dropout(0.0),
+      nn.Linear(4096, num_classes),
+    )
     return nn.Sequential(*layers, classifier)
 
   class BasicBlock(nn.Module):
-
     def __init__(self, in_channels: int, width: int, stride: int):
       super().__init__()
       self.residual_function = nn.Sequential(
-          nn.Conv2d(in_channels, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), QCFS(),
-          nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width))
+        nn.Conv2d(in_channels, width, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(width),
+        QCFS(),
+        nn.Conv2d(width, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+      )
       self.shortcut = nn.Sequential()
       if stride != 1 or in_channels != width:
-        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, width, 1, stride, bias=False),
-                                      nn.BatchNorm2d(width))
+        self.shortcut = nn.Sequential(
+          nn.Conv2d(in_channels, width, 1, stride, bias=False), nn.BatchNorm2d(width)
+        )
       self.relu = QCFS()
 
     def forward(self, x):
@@ -87,8 +101,15 @@ if torch is not None:
       for index in range(3):
         blocks.append(BasicBlock(channels, width, stride if index == 0 else 1))
         channels = width
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), QCFS(),
-                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+    return nn.Sequential(
+      nn.Conv2d(3, 16, 3, padding=1, bias=False),
+      nn.BatchNorm2d(16),
+      QCFS(),
+      *blocks,
+      nn.AdaptiveAvgPool2d(1),
+      nn.Flatten(),
+      nn.Linear(64, num_classes),
+    )
 
   MODELS = {'vgg16': vgg16, 'resnet20': resnet20}
 
@@ -130,8 +151,18 @@ def main():
   torch.set_num_threads(args.threads)
   for arch in args.models.split(','):
     seconds = step_seconds(arch, args.batch, args.repeats)
-    print(json.dumps({'arch': arch, 'batch': args.batch, 'threads': args.threads,
-                      'torch': torch.__version__, 'seconds': seconds}), flush=True)
+    print(
+      json.dumps(
+        {
+          'arch': arch,
+          'batch': args.batch,
+          'threads': args.threads,
+          'torch': torch.__version__,
+          'seconds': seconds,
+        }
+      ),
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -82,8 +82,18 @@ def _state_stepper(step, state, *args):
 
 def _torch_seconds(arch: str, batch: int, repeats: int) -> float | None:
   result = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.torch_reference', f'--models={arch}',
-       f'--batch={batch}', f'--repeats={repeats}'], capture_output=True, text=True, check=False)
+    [
+      sys.executable,
+      '-m',
+      'benchmarks.torch_reference',
+      f'--models={arch}',
+      f'--batch={batch}',
+      f'--repeats={repeats}',
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if result.returncode == TORCH_MISSING:
     return None
   if result.returncode:
@@ -105,11 +115,13 @@ def measure_step(arch: str, args) -> tuple[dict, Callable[[], jax.Array]]:
   def new_state():
     return training.create_train_state(config, model, 390, jax.random.key(0))
 
-  steppers = {'cos_jax': _state_stepper(xla.jit(step, donate_argnums=0), new_state(), images,
-                                        labels, key)}
+  steppers = {
+    'cos_jax': _state_stepper(xla.jit(step, donate_argnums=0), new_state(), images, labels, key)
+  }
   if 'plain_jit' in args.parts:
-    steppers['plain_jit'] = _state_stepper(jax.jit(step, donate_argnums=0), new_state(), images,
-                                           labels, key)
+    steppers['plain_jit'] = _state_stepper(
+      jax.jit(step, donate_argnums=0), new_state(), images, labels, key
+    )
   state = new_state()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   forward = xla.jit(lambda v, x: model.apply(v, x, train=False))
@@ -125,11 +137,15 @@ def measure_step(arch: str, args) -> tuple[dict, Callable[[], jax.Array]]:
     if torch_seconds is None and 'torch' in args.parts:
       torch_seconds = _torch_seconds(arch, args.batch, args.repeats)
   seconds = {name: statistics.median(t) for name, t in times.items()}
-  result = {'arch': arch, 'batch': args.batch,
-            'step_seconds': seconds['cos_jax'], 'forward_seconds': seconds['forward'],
-            'step_images_per_second': args.batch / seconds['cos_jax'],
-            'forward_images_per_second': args.batch / seconds['forward'],
-            'step_over_forward': seconds['cos_jax'] / seconds['forward']}
+  result = {
+    'arch': arch,
+    'batch': args.batch,
+    'step_seconds': seconds['cos_jax'],
+    'forward_seconds': seconds['forward'],
+    'step_images_per_second': args.batch / seconds['cos_jax'],
+    'forward_images_per_second': args.batch / seconds['forward'],
+    'step_over_forward': seconds['cos_jax'] / seconds['forward'],
+  }
   if 'plain_jit' in seconds:
     result['plain_jit_step_seconds'] = seconds['plain_jit']
     result['plain_jit_step_images_per_second'] = args.batch / seconds['plain_jit']
@@ -158,31 +174,42 @@ def measure_parts(args) -> list[dict]:
     kernel = jax.random.normal(jax.random.key(2), (3, 3, shape[-1], shape[-1])) * 0.1
 
     def conv(k, x):
-      return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return jax.lax.conv_general_dilated(
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+      )
 
     cases = {
-        'conv3x3 forward': (conv, (kernel, x)),
-        'conv3x3 input gradient': (lambda k, x, g: jax.vjp(lambda x: conv(k, x), x)[1](g)[0],
-                                   (kernel, x, weights)),
-        'conv3x3 weight gradient': (lambda k, x, g: jax.vjp(lambda k: conv(k, x), k)[1](g)[0],
-                                    (kernel, x, weights)),
+      'conv3x3 forward': (conv, (kernel, x)),
+      'conv3x3 input gradient': (
+        lambda k, x, g: jax.vjp(lambda x: conv(k, x), x)[1](g)[0],
+        (kernel, x, weights),
+      ),
+      'conv3x3 weight gradient': (
+        lambda k, x, g: jax.vjp(lambda k: conv(k, x), k)[1](g)[0],
+        (kernel, x, weights),
+      ),
     }
     for label, module in (('nn.BatchNorm', nn.BatchNorm), ('cos_jax BatchNorm', BatchNorm)):
       bn = module(use_running_average=False, momentum=0.9, epsilon=1e-5)
       variables = bn.init(jax.random.key(0), x)
 
       def bn_vjp(params, x, g, bn=bn, stats=variables['batch_stats']):
-        apply = lambda p, x: bn.apply({'params': p, 'batch_stats': stats}, x,
-                                      mutable=['batch_stats'])[0]
+        apply = lambda p, x: bn.apply(
+          {'params': p, 'batch_stats': stats}, x, mutable=['batch_stats']
+        )[0]
         return jax.vjp(apply, params, x)[1](g)
 
       cases[f'{label} forward + backward'] = (bn_vjp, (variables['params'], x, weights))
-    for label, activation in (('QCFS, automatic backward', _plain_qcfs),
-                              ('QCFS, cos_jax backward', qcfs)):
+    for label, activation in (
+      ('QCFS, automatic backward', _plain_qcfs),
+      ('QCFS, cos_jax backward', qcfs),
+    ):
       cases[f'{label}'] = (
-          lambda t, x, g, activation=activation: jax.vjp(
-              lambda t, x: activation(x, t, 4), t, x)[1](g), (jnp.float32(2.0), x, weights))
+        lambda t, x, g, activation=activation: jax.vjp(lambda t, x: activation(x, t, 4), t, x)[1](
+          g
+        ),
+        (jnp.float32(2.0), x, weights),
+      )
     for name, (fn, fn_args) in cases.items():
       compiled = xla.jit(fn)
       jax.block_until_ready(compiled(*fn_args))
@@ -198,8 +225,10 @@ def _link_folder_part(source: Path, target: Path, sizes: dict[str, int]) -> None
   for split, size in sizes.items():
     files = sorted(source.glob(f'{split}/*/*'))
     if len(files) < size:
-      raise ValueError(f'--loop_data_dir: {source / split} holds {len(files)} files, the loop '
-                       f'needs {size}: lower --loop_steps or --batch.')
+      raise ValueError(
+        f'--loop_data_dir: {source / split} holds {len(files)} files, the loop '
+        f'needs {size}: lower --loop_steps or --batch.'
+      )
     for index in rng.choice(len(files), size, replace=False):
       link = target / split / files[index].parent.name / files[index].name
       link.parent.mkdir(parents=True, exist_ok=True)
@@ -224,23 +253,34 @@ def measure_loop(arch: str, args, data_dir: str | None = None, preload: bool = F
       config.data_source = 'image_folder'
       config.preload_images = preload
       config.data_dir = str(Path(workdir) / 'data')
-      _link_folder_part(Path(data_dir), Path(config.data_dir),
-                        {'train': train_size, 'test': config.eval_batch_size})
+      _link_folder_part(
+        Path(data_dir), Path(config.data_dir), {'train': train_size, 'test': config.eval_batch_size}
+      )
     training.train_and_evaluate(config, Path(workdir) / 'run')
     records = [json.loads(line) for line in (Path(workdir) / 'run/metrics.jsonl').open()]
   rates = [r['images_per_second'] for r in records if 'images_per_second' in r][1:]
-  return {'arch': arch, 'batch': args.batch, 'steps': args.loop_steps,
-          'data': ('synthetic' if data_dir is None else
-                   f'{data_dir} ({"preloaded" if preload else "decoded when read"})'),
-          'logged_images_per_second': statistics.median(rates), 'windows': len(rates)}
+  return {
+    'arch': arch,
+    'batch': args.batch,
+    'steps': args.loop_steps,
+    'data': (
+      'synthetic'
+      if data_dir is None
+      else f'{data_dir} ({"preloaded" if preload else "decoded when read"})'
+    ),
+    'logged_images_per_second': statistics.median(rates),
+    'windows': len(rates),
+  }
 
 
 def _median_of_rounds(results: list[dict]) -> dict:
   """One measurement's results over the rounds: each figure's median, and every round's."""
   if len(results) == 1:
     return results[0]
-  merged = {key: (statistics.median(r[key] for r in results) if isinstance(value, float)
-                  else value) for key, value in results[0].items()}
+  merged = {
+    key: (statistics.median(r[key] for r in results) if isinstance(value, float) else value)
+    for key, value in results[0].items()
+  }
   return {**merged, 'rounds': results}
 
 
@@ -250,13 +290,18 @@ def main():
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--parts', default='step,plain_jit,torch,parts,loop')
   parser.add_argument('--repeats', type=int, default=6)
-  parser.add_argument('--rounds', type=int, default=1,
-                      help='the step and loop measurements this many times (the machine drifts); '
-                           "each figure is the rounds' median, ratios too")
+  parser.add_argument(
+    '--rounds',
+    type=int,
+    default=1,
+    help='the step and loop measurements this many times (the machine drifts); '
+    "each figure is the rounds' median, ratios too",
+  )
   parser.add_argument('--loop_steps', type=int, default=60)
   parser.add_argument('--loop_log_every', type=int, default=10)
-  parser.add_argument('--loop_data_dir', default='',
-                      help='a CIFAR image folder: the loop also runs on its JPEG files')
+  parser.add_argument(
+    '--loop_data_dir', default='', help='a CIFAR image folder: the loop also runs on its JPEG files'
+  )
   parser.add_argument('--out', default='docs/benchmarks/train_step.json')
   args = parser.parse_args()
   args.parts = set(args.parts.split(','))
@@ -273,12 +318,14 @@ def main():
     step_rounds.append([result for result, _ in measured])
     loops = []
     for arch, (_, bare_step) in zip(archs, measured, strict=True):
-      for source in (sources if 'loop' in args.parts else []):
+      for source in sources if 'loop' in args.parts else []:
         bare_times = _timed(bare_step, args.repeats)
         loop = measure_loop(arch, args, *source)
         bare_rate = args.batch / statistics.median(bare_times + _timed(bare_step, args.repeats))
-        loop.update(bare_step_images_per_second=bare_rate,
-                    logged_over_bare=loop['logged_images_per_second'] / bare_rate)
+        loop.update(
+          bare_step_images_per_second=bare_rate,
+          logged_over_bare=loop['logged_images_per_second'] / bare_rate,
+        )
         loops.append(loop)
     loop_rounds.append(loops)
   steps = [_median_of_rounds(list(results)) for results in zip(*step_rounds, strict=True)]

@@ -1,6 +1,6 @@
 """The end-to-end test config: synthetic data, a tiny net, a few steps; seconds on a CPU.
 
-    python train.py --config=configs/test.py --workdir=/tmp/cos_jax_test
+python train.py --config=configs/test.py --workdir=/tmp/cos_jax_test
 """
 
 from configs import digits

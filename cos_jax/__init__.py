@@ -5,21 +5,35 @@ from cos_jax.layers import Activation, Spiking
 from cos_jax.models import ARCHITECTURES, create_model, init_variables
 from cos_jax.qcfs import qcfs
 from cos_jax.snn import (
-                         DEFAULT_CHUNK,
-                         OFFSET_SPIKE_BINS,
-                         SNN,
-                         Shifts,
-                         calibrate,
-                         calibrate_and_simulate,
-                         convert,
-                         neuron_counts,
-                         simulate,
+  DEFAULT_CHUNK,
+  OFFSET_SPIKE_BINS,
+  SNN,
+  Shifts,
+  calibrate,
+  calibrate_and_simulate,
+  convert,
+  neuron_counts,
+  simulate,
 )
 from cos_jax.torch_import import export_state_dict, load_torch_checkpoint
 
 __all__ = [
-    'ARCHITECTURES', 'Activation', 'DEFAULT_CHUNK', 'NotConvertibleError', 'OFFSET_SPIKE_BINS',
-    'SNN', 'Shifts', 'Spiking', 'calibrate', 'calibrate_and_simulate', 'convert', 'create_model',
-    'export_state_dict', 'init_variables', 'load_torch_checkpoint', 'neuron_counts', 'qcfs',
-    'simulate',
+  'ARCHITECTURES',
+  'Activation',
+  'DEFAULT_CHUNK',
+  'NotConvertibleError',
+  'OFFSET_SPIKE_BINS',
+  'SNN',
+  'Shifts',
+  'Spiking',
+  'calibrate',
+  'calibrate_and_simulate',
+  'convert',
+  'create_model',
+  'export_state_dict',
+  'init_variables',
+  'load_torch_checkpoint',
+  'neuron_counts',
+  'qcfs',
+  'simulate',
 ]

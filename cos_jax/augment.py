@@ -18,31 +18,31 @@ MAGNITUDE_BINS = 10
 
 # (operation, probability, magnitude bin) pairs, the 25 sub-policies of AutoAugment on CIFAR-10.
 CIFAR10_POLICY = (
-    (('Invert', 0.1, 0), ('Contrast', 0.2, 6)),
-    (('Rotate', 0.7, 2), ('TranslateX', 0.3, 9)),
-    (('Sharpness', 0.8, 1), ('Sharpness', 0.9, 3)),
-    (('ShearY', 0.5, 8), ('TranslateY', 0.7, 9)),
-    (('AutoContrast', 0.5, 0), ('Equalize', 0.9, 0)),
-    (('ShearY', 0.2, 7), ('Posterize', 0.3, 7)),
-    (('Color', 0.4, 3), ('Brightness', 0.6, 7)),
-    (('Sharpness', 0.3, 9), ('Brightness', 0.7, 9)),
-    (('Equalize', 0.6, 0), ('Equalize', 0.5, 0)),
-    (('Contrast', 0.6, 7), ('Sharpness', 0.6, 5)),
-    (('Color', 0.7, 7), ('TranslateX', 0.5, 8)),
-    (('Equalize', 0.3, 0), ('AutoContrast', 0.4, 0)),
-    (('TranslateY', 0.4, 3), ('Sharpness', 0.2, 6)),
-    (('Brightness', 0.9, 6), ('Color', 0.2, 8)),
-    (('Solarize', 0.5, 2), ('Invert', 0.0, 0)),
-    (('Equalize', 0.2, 0), ('AutoContrast', 0.6, 0)),
-    (('Equalize', 0.2, 0), ('Equalize', 0.6, 0)),
-    (('Color', 0.9, 9), ('Equalize', 0.6, 0)),
-    (('AutoContrast', 0.8, 0), ('Solarize', 0.2, 8)),
-    (('Brightness', 0.1, 3), ('Color', 0.7, 0)),
-    (('Solarize', 0.4, 5), ('AutoContrast', 0.9, 0)),
-    (('TranslateY', 0.9, 9), ('TranslateY', 0.7, 9)),
-    (('AutoContrast', 0.9, 0), ('Solarize', 0.8, 3)),
-    (('Equalize', 0.8, 0), ('Invert', 0.1, 0)),
-    (('TranslateY', 0.7, 9), ('AutoContrast', 0.9, 0)),
+  (('Invert', 0.1, 0), ('Contrast', 0.2, 6)),
+  (('Rotate', 0.7, 2), ('TranslateX', 0.3, 9)),
+  (('Sharpness', 0.8, 1), ('Sharpness', 0.9, 3)),
+  (('ShearY', 0.5, 8), ('TranslateY', 0.7, 9)),
+  (('AutoContrast', 0.5, 0), ('Equalize', 0.9, 0)),
+  (('ShearY', 0.2, 7), ('Posterize', 0.3, 7)),
+  (('Color', 0.4, 3), ('Brightness', 0.6, 7)),
+  (('Sharpness', 0.3, 9), ('Brightness', 0.7, 9)),
+  (('Equalize', 0.6, 0), ('Equalize', 0.5, 0)),
+  (('Contrast', 0.6, 7), ('Sharpness', 0.6, 5)),
+  (('Color', 0.7, 7), ('TranslateX', 0.5, 8)),
+  (('Equalize', 0.3, 0), ('AutoContrast', 0.4, 0)),
+  (('TranslateY', 0.4, 3), ('Sharpness', 0.2, 6)),
+  (('Brightness', 0.9, 6), ('Color', 0.2, 8)),
+  (('Solarize', 0.5, 2), ('Invert', 0.0, 0)),
+  (('Equalize', 0.2, 0), ('AutoContrast', 0.6, 0)),
+  (('Equalize', 0.2, 0), ('Equalize', 0.6, 0)),
+  (('Color', 0.9, 9), ('Equalize', 0.6, 0)),
+  (('AutoContrast', 0.8, 0), ('Solarize', 0.2, 8)),
+  (('Brightness', 0.1, 3), ('Color', 0.7, 0)),
+  (('Solarize', 0.4, 5), ('AutoContrast', 0.9, 0)),
+  (('TranslateY', 0.9, 9), ('TranslateY', 0.7, 9)),
+  (('AutoContrast', 0.9, 0), ('Solarize', 0.8, 3)),
+  (('Equalize', 0.8, 0), ('Invert', 0.1, 0)),
+  (('TranslateY', 0.7, 9), ('AutoContrast', 0.9, 0)),
 )
 
 
@@ -69,8 +69,9 @@ def autocontrast(image: np.ndarray) -> np.ndarray:
   """PIL's `ImageOps.autocontrast(image)` in NumPy, equal to it: each channel stretched linearly
   from its [min, max] to [0, 255], truncating; a constant channel is left as it is."""
   luts = np.tile(np.arange(256, dtype=np.int64), (image.shape[-1], 1))
-  for channel, (low, high) in enumerate(zip(image.min((0, 1)).tolist(),
-                                            image.max((0, 1)).tolist(), strict=True)):
+  for channel, (low, high) in enumerate(
+    zip(image.min((0, 1)).tolist(), image.max((0, 1)).tolist(), strict=True)
+  ):
     if high > low:  # PIL's table: int(ix * scale + offset) in float64, clipped to 0..255
       scale = 255.0 / (high - low)
       luts[channel] = np.clip(np.trunc(np.arange(256) * scale + -low * scale), 0, 255)
@@ -108,14 +109,19 @@ def _apply_op(image: np.ndarray, name: str, level: int, rng: np.random.Generator
   if name in ('ShearX', 'ShearY'):
     shear = _signed(_magnitude(0, 0.3, level), rng)
     matrix = (1, shear, 0, 0, 1, 0) if name == 'ShearX' else (1, 0, 0, shear, 1, 0)
-    return _pil_op(image, lambda pil: pil.transform(pil.size, Image.AFFINE, matrix,
-                                                    Image.BICUBIC, fillcolor=fill))
+    return _pil_op(
+      image,
+      lambda pil: pil.transform(pil.size, Image.AFFINE, matrix, Image.BICUBIC, fillcolor=fill),
+    )
   if name in ('TranslateX', 'TranslateY'):
     shift = _signed(_magnitude(0, 150 / 331, level), rng)
-    matrix = ((1, 0, shift * width, 0, 1, 0) if name == 'TranslateX'
-              else (1, 0, 0, 0, 1, shift * height))
-    return _pil_op(image, lambda pil: pil.transform(pil.size, Image.AFFINE, matrix,
-                                                    Image.NEAREST, fillcolor=fill))
+    matrix = (
+      (1, 0, shift * width, 0, 1, 0) if name == 'TranslateX' else (1, 0, 0, 0, 1, shift * height)
+    )
+    return _pil_op(
+      image,
+      lambda pil: pil.transform(pil.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=fill),
+    )
   if name == 'Rotate':
     angle = _magnitude(0, 30, level)
     return _pil_op(image, lambda pil: pil.rotate(angle, Image.NEAREST, fillcolor=fill))
@@ -149,8 +155,8 @@ def pad_and_crop(image: np.ndarray, padding: int, rng: np.random.Generator) -> n
   height, width = image.shape[:2]
   dy, dx = rng.integers(0, 2 * padding + 1, 2)
   padded = np.zeros((height + 2 * padding, width + 2 * padding) + image.shape[2:], image.dtype)
-  padded[padding:padding + height, padding:padding + width] = image
-  return padded[dy:dy + height, dx:dx + width]
+  padded[padding : padding + height, padding : padding + width] = image
+  return padded[dy : dy + height, dx : dx + width]
 
 
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +169,7 @@ def cutout(image: np.ndarray, size: int, fill: np.ndarray, rng: np.random.Genera
   cy, cx = rng.integers(0, height), rng.integers(0, width)
   top, left = max(cy - size // 2, 0), max(cx - size // 2, 0)
   out = image.copy()
-  out[top:cy + (size + 1) // 2, left:cx + (size + 1) // 2] = fill.astype(image.dtype)
+  out[top : cy + (size + 1) // 2, left : cx + (size + 1) // 2] = fill.astype(image.dtype)
   return out
 
 
@@ -182,8 +188,9 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return _array(_pil(image).resize((width, height), Image.BILINEAR), image.shape[-1])
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+  height: int, width: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
   """(top, left, h, w) of torchvision's RandomResizedCrop: up to 10 draws of an area fraction in
   `scale` and a log-uniform aspect ratio in `ratio`, else the centre crop of the nearest ratio."""
   area = height * width
@@ -206,7 +213,7 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
 def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
   """RandomResizedCrop(size): a random box (random_resized_crop_box), resized bilinearly."""
   top, left, h, w = random_resized_crop_box(*image.shape[:2], rng)
-  return resize(image[top:top + h, left:left + w], size, size)
+  return resize(image[top : top + h, left : left + w], size, size)
 
 
 def resize_and_center_crop(image: np.ndarray, size: int, shorter_side: int) -> np.ndarray:
@@ -218,7 +225,7 @@ def resize_and_center_crop(image: np.ndarray, size: int, shorter_side: int) -> n
     new_h, new_w = int(shorter_side * height / width), shorter_side
   image = resize(image, new_h, new_w)
   top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
 RECIPES = ('cifar', 'imagenet')
@@ -234,6 +241,7 @@ class TrainTransform:
   `crop_padding`, a flip, AutoAugment's CIFAR-10 policy, Cutout; each step optional.
   'imagenet': RandomResizedCrop to the model's size (scale 0.08-1, ratio 3/4-4/3), a flip.
   """
+
   recipe: str
   height: int
   width: int
@@ -246,8 +254,16 @@ class TrainTransform:
   @classmethod
   def from_config(cls, config) -> 'TrainTransform':
     height, width = config.input_shape[:2]
-    return cls(config.get('preprocess', 'cifar'), height, width, config.crop_padding,
-               config.flip, config.autoaugment, config.cutout_size, tuple(config.mean))
+    return cls(
+      config.get('preprocess', 'cifar'),
+      height,
+      width,
+      config.crop_padding,
+      config.flip,
+      config.autoaugment,
+      config.cutout_size,
+      tuple(config.mean),
+    )
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if self.recipe == 'imagenet':
@@ -269,6 +285,7 @@ class TrainTransform:
 class EvalTransform:
   """The evaluation view: 'cifar' the image at the model's size; 'imagenet' the shorter side
   resized to size / IMAGENET_CROP_FRACTION (256 for 224), then the centre crop."""
+
   recipe: str
   height: int
   width: int
@@ -286,6 +303,7 @@ class EvalTransform:
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     if self.recipe == 'imagenet':
-      return resize_and_center_crop(image, self.height,
-                                    int(round(self.height / IMAGENET_CROP_FRACTION)))
+      return resize_and_center_crop(
+        image, self.height, int(round(self.height / IMAGENET_CROP_FRACTION))
+      )
     return resize(image, self.height, self.width)

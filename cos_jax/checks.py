@@ -16,16 +16,21 @@ def check_images(images, input_shape: tuple[int, int, int]) -> None:
   if len(shape) != 4:
     raise ValueError(f'images must have rank 4, {expected}; got shape {tuple(shape)}.')
   if tuple(shape[1:3]) != tuple(input_shape[:2]):
-    raise ValueError(f'images must be {input_shape[0]}x{input_shape[1]} for this model, '
-                     f'{expected}; got shape {tuple(shape)}.')
+    raise ValueError(
+      f'images must be {input_shape[0]}x{input_shape[1]} for this model, '
+      f'{expected}; got shape {tuple(shape)}.'
+    )
   if shape[3] != input_shape[2]:
-    raise ValueError(f'images must have {input_shape[2]} channels (NHWC, channels last), '
-                     f'{expected}; got shape {tuple(shape)}.')
+    raise ValueError(
+      f'images must have {input_shape[2]} channels (NHWC, channels last), '
+      f'{expected}; got shape {tuple(shape)}.'
+    )
   if shape[0] < 1:
     raise ValueError('images is an empty batch.')
   if not jax.numpy.issubdtype(images.dtype, jax.numpy.floating):
-    raise ValueError(f'images must be floating point and already normalised, got dtype '
-                     f'{images.dtype}.')
+    raise ValueError(
+      f'images must be floating point and already normalised, got dtype {images.dtype}.'
+    )
   if not bool(jax.numpy.isfinite(images).all()):
     raise ValueError('images contain NaN or infinite values.')
 
@@ -44,12 +49,17 @@ def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
   """Raises ValueError naming every missing, unexpected or mis-shaped leaf of `given`."""
   given_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(given)).items()}
   expected_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(expected)).items()}
-  problems = [f'missing {k} (expected shape {tuple(v.shape)})'
-              for k, v in expected_flat.items() if k not in given_flat]
+  problems = [
+    f'missing {k} (expected shape {tuple(v.shape)})'
+    for k, v in expected_flat.items()
+    if k not in given_flat
+  ]
   problems += [f'unexpected {k}' for k in given_flat if k not in expected_flat]
-  problems += [f'{k} has shape {tuple(np.shape(given_flat[k]))}, expected {tuple(v.shape)}'
-               for k, v in expected_flat.items()
-               if k in given_flat and tuple(np.shape(given_flat[k])) != tuple(v.shape)]
+  problems += [
+    f'{k} has shape {tuple(np.shape(given_flat[k]))}, expected {tuple(v.shape)}'
+    for k, v in expected_flat.items()
+    if k in given_flat and tuple(np.shape(given_flat[k])) != tuple(v.shape)
+  ]
   if problems:
     raise ValueError(f'{what} do not fit the model: {_listed(problems)}.')
 
@@ -73,5 +83,7 @@ def check_variables_usable(variables: Mapping) -> None:
       elif collection == 'batch_stats' and path[-1] == 'var' and not (value > 0).all():
         problems.append(f'{name} (a BatchNorm variance) has {int((value <= 0).sum())} values <= 0')
   if problems:
-    raise ValueError(f'The variables cannot make a working network: {_listed(problems)}. '
-                     'Retrain, or check the checkpoint these variables came from.')
+    raise ValueError(
+      f'The variables cannot make a working network: {_listed(problems)}. '
+      'Retrain, or check the checkpoint these variables came from.'
+    )

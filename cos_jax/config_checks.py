@@ -52,21 +52,36 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
   for field in ('num_classes', 'levels'):
     positive_int(field)
   shape = config.get('input_shape')
-  need(isinstance(shape, (tuple, list)) and len(shape) == 3
-       and all(_is_int(s) and s >= 1 for s in shape), 'input_shape',
-       '(height, width, channels) of positive integers')
+  need(
+    isinstance(shape, (tuple, list))
+    and len(shape) == 3
+    and all(_is_int(s) and s >= 1 for s in shape),
+    'input_shape',
+    '(height, width, channels) of positive integers',
+  )
   channels = shape[-1] if isinstance(shape, (tuple, list)) and shape else None
   for field in ('mean', 'std'):
     value = config.get(field)
-    need(isinstance(value, (tuple, list)) and len(value) == channels
-         and all(_is_number(v) for v in value), field, f'{channels} numbers, one per channel')
+    need(
+      isinstance(value, (tuple, list))
+      and len(value) == channels
+      and all(_is_number(v) for v in value),
+      field,
+      f'{channels} numbers, one per channel',
+    )
   std = config.get('std')
-  need(not isinstance(std, (tuple, list)) or all(not _is_number(v) or v > 0 for v in std), 'std',
-       'every value > 0')
+  need(
+    not isinstance(std, (tuple, list)) or all(not _is_number(v) or v > 0 for v in std),
+    'std',
+    'every value > 0',
+  )
   need(config.get('data_source') in DATA_SOURCES, 'data_source', f'one of {list(DATA_SOURCES)}')
   if config.get('data_source') in ('image_folder', 'cifar_pickle'):
-    need(bool(config.get('data_dir')), 'data_dir',
-         f"the data folder; {config.get('data_source')} reads from it")
+    need(
+      bool(config.get('data_dir')),
+      'data_dir',
+      f'the data folder; {config.get("data_source")} reads from it',
+    )
 
   conversion = config.get('conversion') or {}
   if conversion.get('enabled', True):
@@ -74,24 +89,41 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
       positive_int(f'conversion.{field}')
     max_T = conversion.get('max_T')
     statistics_T = conversion.get('statistics_T', 0)
-    need(_is_int(statistics_T) and 0 <= statistics_T and (not _is_int(max_T)
-                                                          or statistics_T <= max_T),
-         'conversion.statistics_T', f'an integer from 0 (off) to max_T={max_T}')
+    need(
+      _is_int(statistics_T) and 0 <= statistics_T and (not _is_int(max_T) or statistics_T <= max_T),
+      'conversion.statistics_T',
+      f'an integer from 0 (off) to max_T={max_T}',
+    )
     rhos = conversion.get('rhos', ())
-    need(isinstance(rhos, (tuple, list)) and all(_is_int(r) and r >= 1 for r in rhos),
-         'conversion.rhos', 'integers >= 1, the COS pre-simulation lengths; the plain conversion '
-         '(rho 0) is always reported, as qcfs')
+    need(
+      isinstance(rhos, (tuple, list)) and all(_is_int(r) and r >= 1 for r in rhos),
+      'conversion.rhos',
+      'integers >= 1, the COS pre-simulation lengths; the plain conversion '
+      '(rho 0) is always reported, as qcfs',
+    )
     num_examples = conversion.get('num_examples', -1)
-    need(_is_int(num_examples) and (num_examples == -1 or num_examples >= 1),
-         'conversion.num_examples', '-1 for the whole test set, or an integer >= 1')
+    need(
+      _is_int(num_examples) and (num_examples == -1 or num_examples >= 1),
+      'conversion.num_examples',
+      '-1 for the whole test set, or an integer >= 1',
+    )
     positive_int('conversion.chunk', minimum=0)
 
-  need(config.get('preprocess', 'cifar') in augment.RECIPES, 'preprocess',
-       f'one of {list(augment.RECIPES)}')
+  need(
+    config.get('preprocess', 'cifar') in augment.RECIPES,
+    'preprocess',
+    f'one of {list(augment.RECIPES)}',
+  )
 
   if training:
-    for field in ('batch_size', 'num_epochs', 'log_every_steps', 'checkpoint_every_steps',
-                  'eval_batch_size', 'threshold_init_examples'):
+    for field in (
+      'batch_size',
+      'num_epochs',
+      'log_every_steps',
+      'checkpoint_every_steps',
+      'eval_batch_size',
+      'threshold_init_examples',
+    ):
       positive_int(field)
     for field in ('eval_every_epochs', 'crop_padding', 'cutout_size', 'data_workers'):
       positive_int(field, minimum=0)
@@ -102,25 +134,33 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     need(_is_number(momentum) and 0 <= momentum < 1, 'momentum', 'a number in [0, 1)')
     decay = config.get('weight_decay')
     need(_is_number(decay) and decay >= 0, 'weight_decay', 'a number >= 0')
-    need(isinstance(config.get('preload_images', False), bool), 'preload_images',
-         'True or False')
-    need(isinstance(config.get('half_precision', False), bool), 'half_precision',
-         'True or False')
+    need(isinstance(config.get('preload_images', False), bool), 'preload_images', 'True or False')
+    need(isinstance(config.get('half_precision', False), bool), 'half_precision', 'True or False')
     smoothing = config.get('label_smoothing', 0.0)
     need(_is_number(smoothing) and 0 <= smoothing < 1, 'label_smoothing', 'a number in [0, 1)')
     warmup, epochs = config.get('warmup_epochs', 0.0), config.get('num_epochs')
-    need(_is_number(warmup) and 0 <= warmup and (not _is_number(epochs) or warmup < epochs),
-         'warmup_epochs', f'a number from 0 to below num_epochs={epochs}')
-    for field, allowed in (('lr_schedule', ('cosine', 'linear')),
-                           ('weight_decay_on', ('all', 'kernels')),
-                           ('threshold_init', ('constant', 'percentile'))):
+    need(
+      _is_number(warmup) and 0 <= warmup and (not _is_number(epochs) or warmup < epochs),
+      'warmup_epochs',
+      f'a number from 0 to below num_epochs={epochs}',
+    )
+    for field, allowed in (
+      ('lr_schedule', ('cosine', 'linear')),
+      ('weight_decay_on', ('all', 'kernels')),
+      ('threshold_init', ('constant', 'percentile')),
+    ):
       need(config.get(field, allowed[0]) in allowed, field, f'one of {list(allowed)}')
     percentile = config.get('threshold_percentile', 99.0)
-    need(_is_number(percentile) and 0 < percentile <= 100, 'threshold_percentile',
-         'a number in (0, 100]')
+    need(
+      _is_number(percentile) and 0 < percentile <= 100,
+      'threshold_percentile',
+      'a number in (0, 100]',
+    )
   if problems:
-    raise ValueError('The config cannot run: ' + '; '.join(problems) + '. Fix these fields '
-                     '(--config.<field>=...) and start again.')
+    raise ValueError(
+      'The config cannot run: ' + '; '.join(problems) + '. Fix these fields '
+      '(--config.<field>=...) and start again.'
+    )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -136,10 +176,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     cause = error.args[0] if error.args else error
     detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
     overrides = [arg.split('=', 1)[0] for arg in argv if arg.startswith('--config.')]
-    named = [flag for flag in overrides
-             if any(f"'{field}'" in detail for field in flag.split('.')[1:])]
+    named = [
+      flag for flag in overrides if any(f"'{field}'" in detail for field in flag.split('.')[1:])
+    ]
     if not named:  # not an override's: an error in the config file itself
       raise
-    sys.exit(f'FATAL Flags parsing error: {named[0]} names a field the config does not have: '
-             f'{detail}\nOnly the fields of the config file can be overridden: check the '
-             'spelling against it.')
+    sys.exit(
+      f'FATAL Flags parsing error: {named[0]} names a field the config does not have: '
+      f'{detail}\nOnly the fields of the config file can be overridden: check the '
+      'spelling against it.'
+    )

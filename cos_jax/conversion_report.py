@@ -33,8 +33,10 @@ def _show_progress(done: int, total: int, started: float, label: str, first: int
   width = 30
   filled = int(width * done / total)
   eta = (total - done) / rate if rate else 0
-  sys.stderr.write(f'\r{label} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
-                   f'{rate:.0f} images/s ETA {eta:.0f} s ')
+  sys.stderr.write(
+    f'\r{label} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
+    f'{rate:.0f} images/s ETA {eta:.0f} s '
+  )
   if done == total:
     sys.stderr.write('\n')
   sys.stderr.flush()
@@ -67,20 +69,29 @@ class _Progress:
       return None
     saved['correct'] = {k: np.asarray(v, np.int64) for k, v in saved['correct'].items()}
     saved['layer_stats'] = {
-        name: {layer: {k: np.asarray(v, np.float64) for k, v in values.items()}
-               for layer, values in layers.items()}
-        for name, layers in saved['layer_stats'].items()}
+      name: {
+        layer: {k: np.asarray(v, np.float64) for k, v in values.items()}
+        for layer, values in layers.items()
+      }
+      for name, layers in saved['layer_stats'].items()
+    }
     return saved
 
   def save(self, batches_done: int, ann_correct: int, correct: dict, layer_stats: dict) -> None:
     if self.path is None or jax.process_index():
       return
-    state = {'fingerprint': self.fingerprint, 'batches_done': batches_done,
-             'ann_correct': ann_correct,
-             'correct': {k: v.tolist() for k, v in correct.items()},
-             'layer_stats': {name: {layer: {k: v.tolist() for k, v in values.items()}
-                                    for layer, values in layers.items()}
-                             for name, layers in layer_stats.items()}}
+    state = {
+      'fingerprint': self.fingerprint,
+      'batches_done': batches_done,
+      'ann_correct': ann_correct,
+      'correct': {k: v.tolist() for k, v in correct.items()},
+      'layer_stats': {
+        name: {
+          layer: {k: v.tolist() for k, v in values.items()} for layer, values in layers.items()
+        }
+        for name, layers in layer_stats.items()
+      },
+    }
     temporary = self.path.with_name(self.path.name + '.tmp')
     temporary.write_text(json.dumps(state))
     temporary.replace(self.path)
@@ -93,16 +104,28 @@ class _Progress:
 def _fingerprint(config, variables) -> str:
   """What the conversion's totals depend on besides the code: the variables (their SHA-256), the
   conversion settings and the test data's source and preprocessing."""
-  settings = {key: config.get(key) for key in (
-      'arch', 'levels', 'dataset', 'data_source', 'data_dir', 'input_shape', 'mean', 'std',
-      'preprocess')}
+  settings = {
+    key: config.get(key)
+    for key in (
+      'arch',
+      'levels',
+      'dataset',
+      'data_source',
+      'data_dir',
+      'input_shape',
+      'mean',
+      'std',
+      'preprocess',
+    )
+  }
   settings['conversion'] = config.conversion.to_dict()
   text = json.dumps(settings, sort_keys=True, default=str) + workdir_lib.state_digest(variables)
   return hashlib.sha256(text.encode()).hexdigest()
 
 
-def evaluate_conversion(config, model, variables, split: data.Split,
-                        progress_path: Path | None = None) -> dict:
+def evaluate_conversion(
+  config, model, variables, split: data.Split, progress_path: Path | None = None
+) -> dict:
   """Runs the ANN and every SNN method over the split and returns the raw report dict.
 
   With `progress_path`, the running totals are saved there after every batch and an interrupted
@@ -122,29 +145,44 @@ def evaluate_conversion(config, model, variables, split: data.Split,
   if saved:
     batches_done, ann_correct = saved['batches_done'], saved['ann_correct']
     correct, layer_stats = saved['correct'], saved['layer_stats']
-    print(f'Resumed the conversion report after {batches_done * conversion.batch_size} of {n} '
-          f'images ({progress_path}).', flush=True)
+    print(
+      f'Resumed the conversion report after {batches_done * conversion.batch_size} of {n} '
+      f'images ({progress_path}).',
+      flush=True,
+    )
   else:
     batches_done, ann_correct = 0, 0
     correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
     layer_stats = {name: {} for name, _ in methods}
   ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
-  batches = data.eval_batches(split, conversion.batch_size, EvalTransform.from_config(config),
-                              threads=data.pipeline_threads(config),
-                              process_index=0, process_count=1,  # whole batches in every process
-                              start_batch=batches_done)
+  batches = data.eval_batches(
+    split,
+    conversion.batch_size,
+    EvalTransform.from_config(config),
+    threads=data.pipeline_threads(config),
+    process_index=0,
+    process_count=1,  # whole batches in every process
+    start_batch=batches_done,
+  )
   starts = range(batches_done * conversion.batch_size, n, conversion.batch_size)
   for batch_index, (start, (images, labels, real)) in enumerate(
-      zip(starts, batches, strict=True), start=batches_done + 1):
+    zip(starts, batches, strict=True), start=batches_done + 1
+  ):
     images, labels = data.normalise(images[real], config.mean, config.std), labels[real]
     if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
       (images,) = parallel.shard_global_batch(mesh, images)
     ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
     for name, rho in methods:
       logits, _, stats = snn_lib.calibrate_and_simulate(
-          network, images, max_T, rho=rho, rounds=conversion.rounds, chunk=conversion.chunk or None,
-          statistics_T=statistics_T)
+        network,
+        images,
+        max_T,
+        rho=rho,
+        rounds=conversion.rounds,
+        chunk=conversion.chunk or None,
+        statistics_T=statistics_T,
+      )
       predictions = np.asarray(logits.cumsum(0).argmax(-1))  # [T, B]
       correct[name] += (predictions == labels[None]).sum(1)
       for layer, values in jax.device_get(stats).items():
@@ -152,8 +190,9 @@ def evaluate_conversion(config, model, variables, split: data.Split,
         for key, value in values.items():
           totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
     progress.save(batch_index, ann_correct, correct, layer_stats)
-    _show_progress(min(start + conversion.batch_size, n), n, started, 'converting',
-                   first=starts.start)
+    _show_progress(
+      min(start + conversion.batch_size, n), n, started, 'converting', first=starts.start
+    )
   progress.remove()
 
   neurons = snn_lib.neuron_counts(network)
@@ -161,13 +200,16 @@ def evaluate_conversion(config, model, variables, split: data.Split,
   first_linear = next(iter(costs))
   ann_macs = sum(c['macs'] for c in costs.values())
   report = {
-      'examples': n, 'max_T': max_T, 'statistics_T': statistics_T, 'rounds': conversion.rounds,
-      'ann_accuracy': ann_correct / n,
-      'energy_constants_pj': {'mac': ENERGY_MAC_PJ, 'ac': ENERGY_AC_PJ},
-      'ann_macs_per_image': ann_macs,
-      'ann_energy_uj_per_image': ann_macs * ENERGY_MAC_PJ * 1e-6,
-      'offset_spike_bins': list(snn_lib.OFFSET_SPIKE_BINS),
-      'methods': {},
+    'examples': n,
+    'max_T': max_T,
+    'statistics_T': statistics_T,
+    'rounds': conversion.rounds,
+    'ann_accuracy': ann_correct / n,
+    'energy_constants_pj': {'mac': ENERGY_MAC_PJ, 'ac': ENERGY_AC_PJ},
+    'ann_macs_per_image': ann_macs,
+    'ann_energy_uj_per_image': ann_macs * ENERGY_MAC_PJ * 1e-6,
+    'offset_spike_bins': list(snn_lib.OFFSET_SPIKE_BINS),
+    'methods': {},
   }
   for name, rho in methods:
     per_layer = {}
@@ -176,22 +218,27 @@ def evaluate_conversion(config, model, variables, split: data.Split,
       if 'psi_histogram' in totals:
         histogram = totals['psi_histogram']
         per_layer.setdefault(layer, {}).update(
-            offset_spike_shares=(histogram / histogram.sum()).tolist(),
-            firing_rate=float(totals['spikes'] / (neurons[layer] * n * statistics_T)))
+          offset_spike_shares=(histogram / histogram.sum()).tolist(),
+          firing_rate=float(totals['spikes'] / (neurons[layer] * n * statistics_T)),
+        )
       else:
-        layer_synops = (costs[layer]['macs'] * totals['nonzero_inputs']
-                        / (costs[layer]['inputs'] * n)) if layer != first_linear else 0.0
+        layer_synops = (
+          (costs[layer]['macs'] * totals['nonzero_inputs'] / (costs[layer]['inputs'] * n))
+          if layer != first_linear
+          else 0.0
+        )
         synops += layer_synops
         per_layer.setdefault(layer, {}).update(
-            synaptic_ops_per_image=float(layer_synops), ann_macs_per_image=costs[layer]['macs'])
+          synaptic_ops_per_image=float(layer_synops), ann_macs_per_image=costs[layer]['macs']
+        )
     first_macs = costs[first_linear]['macs']
     report['methods'][name] = {
-        'rho': rho,
-        'accuracy_by_T': (correct[name] / n).tolist(),
-        'latency_by_T': [rho + t for t in range(1, max_T + 1)],
-        'layers': per_layer,
-        'synaptic_ops_per_image': synops,
-        'snn_energy_uj_per_image': (first_macs * ENERGY_MAC_PJ + synops * ENERGY_AC_PJ) * 1e-6,
+      'rho': rho,
+      'accuracy_by_T': (correct[name] / n).tolist(),
+      'latency_by_T': [rho + t for t in range(1, max_T + 1)],
+      'layers': per_layer,
+      'synaptic_ops_per_image': synops,
+      'snn_energy_uj_per_image': (first_macs * ENERGY_MAC_PJ + synops * ENERGY_AC_PJ) * 1e-6,
     }
   return report
 
@@ -199,46 +246,66 @@ def evaluate_conversion(config, model, variables, split: data.Split,
 def to_markdown(report: dict, title: str) -> str:
   """The report as markdown tables."""
   ts = [t for t in REPORTED_T if t <= report['max_T']]
-  lines = [f'# {title}', '',
-           f'{report["examples"]} test images; T is the number of simulated steps after the rho '
-           f'pre-simulation steps, so the latency is rho + T; COS rounds k = {report["rounds"]}.',
-           '', '## Accuracy (%)', '',
-           '| method | rho | ANN | ' + ' | '.join(f'T={t}' for t in ts) + ' |',
-           '|---|---|---|' + '---|' * len(ts)]
+  lines = [
+    f'# {title}',
+    '',
+    f'{report["examples"]} test images; T is the number of simulated steps after the rho '
+    f'pre-simulation steps, so the latency is rho + T; COS rounds k = {report["rounds"]}.',
+    '',
+    '## Accuracy (%)',
+    '',
+    '| method | rho | ANN | ' + ' | '.join(f'T={t}' for t in ts) + ' |',
+    '|---|---|---|' + '---|' * len(ts),
+  ]
   for name, method in report['methods'].items():
     accuracy = method['accuracy_by_T']
-    lines.append(f'| {name} | {method["rho"]} | {100 * report["ann_accuracy"]:.2f} | '
-                 + ' | '.join(f'{100 * accuracy[t - 1]:.2f}' for t in ts) + ' |')
+    lines.append(
+      f'| {name} | {method["rho"]} | {100 * report["ann_accuracy"]:.2f} | '
+      + ' | '.join(f'{100 * accuracy[t - 1]:.2f}' for t in ts)
+      + ' |'
+    )
   bins = report['offset_spike_bins']
   labels = [f'psi<={bins[0]}'] + [f'psi={b:+d}' for b in bins[1:-1]] + [f'psi>=+{bins[-1]}']
-  lines += ['', f'## Offset spikes per layer over T = {report["statistics_T"]} steps '
-            '(share of neurons, %)',
-            '', '| method | layer | ' + ' | '.join(labels) + ' | firing rate |',
-            '|---|---|' + '---|' * (len(labels) + 1)]
+  lines += [
+    '',
+    f'## Offset spikes per layer over T = {report["statistics_T"]} steps (share of neurons, %)',
+    '',
+    '| method | layer | ' + ' | '.join(labels) + ' | firing rate |',
+    '|---|---|' + '---|' * (len(labels) + 1),
+  ]
   for name, method in report['methods'].items():
     for layer, values in method['layers'].items():
       if 'offset_spike_shares' in values:
         shares = ' | '.join(f'{100 * s:.2f}' for s in values['offset_spike_shares'])
         lines.append(f'| {name} | {layer} | {shares} | {values["firing_rate"]:.4f} |')
-  lines += ['', '## Synaptic operations and energy per image over T = '
-            f'{report["statistics_T"]} steps', '',
-            f'Energy: {report["energy_constants_pj"]["mac"]} pJ per MAC, '
-            f'{report["energy_constants_pj"]["ac"]} pJ per accumulate (45 nm); the SNN pays MACs '
-            'only in its first (analog-input) layer, once.', '',
-            '| network | MACs (M) | synaptic ops (M) | energy (uJ) |', '|---|---|---|---|',
-            f'| ANN | {report["ann_macs_per_image"] / 1e6:.2f} | - | '
-            f'{report["ann_energy_uj_per_image"]:.2f} |']
+  lines += [
+    '',
+    f'## Synaptic operations and energy per image over T = {report["statistics_T"]} steps',
+    '',
+    f'Energy: {report["energy_constants_pj"]["mac"]} pJ per MAC, '
+    f'{report["energy_constants_pj"]["ac"]} pJ per accumulate (45 nm); the SNN pays MACs '
+    'only in its first (analog-input) layer, once.',
+    '',
+    '| network | MACs (M) | synaptic ops (M) | energy (uJ) |',
+    '|---|---|---|---|',
+    f'| ANN | {report["ann_macs_per_image"] / 1e6:.2f} | - | '
+    f'{report["ann_energy_uj_per_image"]:.2f} |',
+  ]
   for name, method in report['methods'].items():
-    lines.append(f'| {name} | - | {method["synaptic_ops_per_image"] / 1e6:.2f} | '
-                 f'{method["snn_energy_uj_per_image"]:.2f} |')
+    lines.append(
+      f'| {name} | - | {method["synaptic_ops_per_image"] / 1e6:.2f} | '
+      f'{method["snn_energy_uj_per_image"]:.2f} |'
+    )
   return '\n'.join(lines) + '\n'
 
 
 def plot(report: dict, path_prefix: Path) -> list[Path]:
   """Accuracy against T, and the offset-spike histogram (all layers pooled) of each method."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   ts = np.arange(1, report['max_T'] + 1)
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.axhline(100 * report['ann_accuracy'], color='black', linestyle='--', label='ANN')
@@ -258,10 +325,13 @@ def plot(report: dict, path_prefix: Path) -> list[Path]:
   bins = np.asarray(report['offset_spike_bins'])
   width = 0.8 / len(report['methods'])
   for index, (name, method) in enumerate(report['methods'].items()):
-    shares = np.mean([v['offset_spike_shares'] for v in method['layers'].values()
-                      if 'offset_spike_shares' in v], axis=0)
-    ax.bar(bins + (index - (len(report['methods']) - 1) / 2) * width, 100 * shares, width,
-           label=name)
+    shares = np.mean(
+      [v['offset_spike_shares'] for v in method['layers'].values() if 'offset_spike_shares' in v],
+      axis=0,
+    )
+    ax.bar(
+      bins + (index - (len(report['methods']) - 1) / 2) * width, 100 * shares, width, label=name
+    )
   ax.set_xticks(bins, [f'<={bins[0]}'] + [f'{b:+d}' for b in bins[1:-1]] + [f'>=+{bins[-1]}'])
   ax.set_yscale('log')
   ax.set_xlabel('offset spike psi (actual - desired spikes)')
@@ -279,8 +349,13 @@ def run(config, workdir, model, variables, split: data.Split, title: str | None 
   """Evaluates the conversion and writes report.json, report.md and the plots into workdir."""
   workdir = Path(workdir)
   report = evaluate_conversion(config, model, variables, split, workdir / 'report_progress.json')
-  report['config'] = {'arch': config.arch, 'levels': config.levels, 'dataset': config.dataset,
-                      'rhos': list(config.conversion.rhos), 'chunk': config.conversion.chunk}
+  report['config'] = {
+    'arch': config.arch,
+    'levels': config.levels,
+    'dataset': config.dataset,
+    'rhos': list(config.conversion.rhos),
+    'chunk': config.conversion.chunk,
+  }
   title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, QCFS and COS'
   markdown = to_markdown(report, title)
   print(markdown, flush=True)
@@ -290,4 +365,3 @@ def run(config, workdir, model, variables, split: data.Split, title: str | None 
   (workdir / 'report.md').write_text(markdown)
   plot(report, workdir / 'report')
   return report
-

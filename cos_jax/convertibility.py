@@ -46,39 +46,95 @@ from cos_jax.layers import Activation, Spiking
 
 _TRACE_STEPS, _TRACE_BATCH = 3, 2  # distinct sizes, so that mixing the two axes shows
 
-_LINEAR = frozenset({
-    'add', 'add_any', 'sub', 'neg', 'reshape', 'broadcast_in_dim', 'transpose', 'squeeze',
-    'expand_dims', 'slice', 'rev', 'concatenate', 'pad', 'reduce_sum', 'reduce_window_sum',
-    'cumsum', 'copy', 'copy_p', 'reduce_precision', 'split', 'sharding_constraint',
-    'optimization_barrier', 'real', 'conj'})
+_LINEAR = frozenset(
+  {
+    'add',
+    'add_any',
+    'sub',
+    'neg',
+    'reshape',
+    'broadcast_in_dim',
+    'transpose',
+    'squeeze',
+    'expand_dims',
+    'slice',
+    'rev',
+    'concatenate',
+    'pad',
+    'reduce_sum',
+    'reduce_window_sum',
+    'cumsum',
+    'copy',
+    'copy_p',
+    'reduce_precision',
+    'split',
+    'sharding_constraint',
+    'optimization_barrier',
+    'real',
+    'conj',
+  }
+)
 """Primitives linear in all their operands together."""
 
 _INDEX_OPERANDS = {
-    'dynamic_slice': slice(1, None), 'dynamic_update_slice': slice(2, None),
-    'gather': slice(1, 2), 'scatter': slice(1, 2), 'scatter-add': slice(1, 2),
-    'scatter_add': slice(1, 2), 'select_n': slice(0, 1)}
+  'dynamic_slice': slice(1, None),
+  'dynamic_update_slice': slice(2, None),
+  'gather': slice(1, 2),
+  'scatter': slice(1, 2),
+  'scatter-add': slice(1, 2),
+  'scatter_add': slice(1, 2),
+  'select_n': slice(0, 1),
+}
 """Primitives linear in their other operands while these (indices, predicates) are constant."""
 
 _BILINEAR = frozenset({'mul', 'dot_general', 'conv_general_dilated'})
 
-_CALLS = frozenset({'jit', 'pjit', 'closed_call', 'core_call', 'custom_jvp_call',
-                    'custom_vjp_call', 'custom_vjp_call_jaxpr', 'remat', 'checkpoint',
-                    'named_call'})
+_CALLS = frozenset(
+  {
+    'jit',
+    'pjit',
+    'closed_call',
+    'core_call',
+    'custom_jvp_call',
+    'custom_vjp_call',
+    'custom_vjp_call_jaxpr',
+    'remat',
+    'checkpoint',
+    'named_call',
+  }
+)
 
-_MAX_POOLING = ('a max over positions (max pooling)',
-                'use average pooling (nn.avg_pool) or a strided convolution')
-_NONLINEARITY = ('a pointwise nonlinearity',
-                 'use a cos_jax.Activation (QCFS) there, and train the network with it')
-_PRODUCT = ('a product or quotient of two activity-dependent values (as in attention, LayerNorm '
-            'or gating)', 'IF neurons can only sum weighted spikes: use constant or learned '
-                          'scales (BatchNorm with running statistics), not activity-dependent ones')
-_CONTROL = ('control flow or a selection that depends on the activity',
-            'make the computation the same for every input; a decision belongs in an Activation')
+_MAX_POOLING = (
+  'a max over positions (max pooling)',
+  'use average pooling (nn.avg_pool) or a strided convolution',
+)
+_NONLINEARITY = (
+  'a pointwise nonlinearity',
+  'use a cos_jax.Activation (QCFS) there, and train the network with it',
+)
+_PRODUCT = (
+  'a product or quotient of two activity-dependent values (as in attention, LayerNorm or gating)',
+  'IF neurons can only sum weighted spikes: use constant or learned '
+  'scales (BatchNorm with running statistics), not activity-dependent ones',
+)
+_CONTROL = (
+  'control flow or a selection that depends on the activity',
+  'make the computation the same for every input; a decision belongs in an Activation',
+)
 _DESCRIPTIONS = {
-    'reduce_window_max': _MAX_POOLING, 'reduce_window_min': _MAX_POOLING,
-    'reduce_max': _MAX_POOLING, 'reduce_min': _MAX_POOLING, 'argmax': _MAX_POOLING,
-    'argmin': _MAX_POOLING, 'cond': _CONTROL, 'while': _CONTROL, 'select_n': _CONTROL,
-    'mul': _PRODUCT, 'div': _PRODUCT, 'dot_general': _PRODUCT, 'conv_general_dilated': _PRODUCT,
+  'reduce_window_max': _MAX_POOLING,
+  'reduce_window_min': _MAX_POOLING,
+  'reduce_max': _MAX_POOLING,
+  'reduce_min': _MAX_POOLING,
+  'argmax': _MAX_POOLING,
+  'argmin': _MAX_POOLING,
+  'cond': _CONTROL,
+  'while': _CONTROL,
+  'select_n': _CONTROL,
+  'mul': _PRODUCT,
+  'div': _PRODUCT,
+  'dot_general': _PRODUCT,
+  'conv_general_dilated': _PRODUCT,
 }
 
 
@@ -94,8 +150,12 @@ def _dedupe_path(name_stack: str) -> str:
 
 def _library_dirs() -> tuple[str, ...]:
   import flax  # pylint: disable=import-outside-toplevel
-  return (os.path.dirname(jax.__file__) + os.sep, os.path.dirname(flax.__file__) + os.sep,
-          os.path.abspath(__file__))
+
+  return (
+    os.path.dirname(jax.__file__) + os.sep,
+    os.path.dirname(flax.__file__) + os.sep,
+    os.path.abspath(__file__),
+  )
 
 
 def _user_location(eqn, fallback: str) -> str:
@@ -112,13 +172,17 @@ def _user_location(eqn, fallback: str) -> str:
 class _Context(NamedTuple):
   """Where a sub-program sits: its module scope, the named function it belongs to (e.g. 'relu')
   and the user's source line of the call that holds it."""
+
   scope: str = ''
   function: str | None = None
   location: str = 'unknown location'
 
   def inside(self, eqn) -> '_Context':
-    return _Context(self.scope + str(eqn.source_info.name_stack) + '/',
-                    self.function or eqn.params.get('name'), _user_location(eqn, self.location))
+    return _Context(
+      self.scope + str(eqn.source_info.name_stack) + '/',
+      self.function or eqn.params.get('name'),
+      _user_location(eqn, self.location),
+    )
 
 
 _TOP = _Context()
@@ -132,8 +196,9 @@ class _Tracker:
 
   def refuse(self, eqn, context: _Context, kind=None) -> None:
     name = eqn.primitive.name
-    operation = (f'{context.function} ({name})' if context.function
-                 and context.function != name else name)
+    operation = (
+      f'{context.function} ({name})' if context.function and context.function != name else name
+    )
     path = _dedupe_path(context.scope + str(eqn.source_info.name_stack))
     kind = kind or _DESCRIPTIONS.get(name, _NONLINEARITY)
     key = (path, _user_location(eqn, context.location), kind)
@@ -174,16 +239,18 @@ class _Tracker:
     if name == 'convert_element_type' and jnp.issubdtype(params['new_dtype'], jnp.inexact):
       return everything
     if name in _CALLS:
-      inner = next((params[key] for key in ('jaxpr', 'call_jaxpr', 'fun_jaxpr') if key in params),
-                   None)
+      inner = next(
+        (params[key] for key in ('jaxpr', 'call_jaxpr', 'fun_jaxpr') if key in params), None
+      )
       jaxpr = getattr(inner, 'jaxpr', inner)
       if jaxpr is not None and len(jaxpr.invars) == len(flags):
         return self.run(jaxpr, flags, context.inside(eqn))
     if name == 'scan':
       return self._scan(eqn, flags, context.inside(eqn))
     if name == 'cond' and not flags[0]:
-      outputs = [self.run(branch.jaxpr, flags[1:], context.inside(eqn))
-                 for branch in params['branches']]
+      outputs = [
+        self.run(branch.jaxpr, flags[1:], context.inside(eqn)) for branch in params['branches']
+      ]
       return [any(column) for column in zip(*outputs, strict=True)]
     if name == 'while':
       return self._while(eqn, flags, context)
@@ -193,10 +260,11 @@ class _Tracker:
   def _scan(self, eqn, flags, context):
     params = eqn.params
     consts, carry = params['num_consts'], params['num_carry']
-    carried = flags[consts:consts + carry]
+    carried = flags[consts : consts + carry]
     while True:  # the carry's taint grows monotonically to a fixed point
-      outputs = self.run(params['jaxpr'].jaxpr,
-                         flags[:consts] + carried + flags[consts + carry:], context)
+      outputs = self.run(
+        params['jaxpr'].jaxpr, flags[:consts] + carried + flags[consts + carry :], context
+      )
       widened = [a or b for a, b in zip(carried, outputs[:carry], strict=True)]
       if widened == carried:
         return outputs
@@ -205,28 +273,32 @@ class _Tracker:
   def _while(self, eqn, flags, context):
     params = eqn.params
     cond_consts, body_consts = params['cond_nconsts'], params['body_nconsts']
-    carried = flags[cond_consts + body_consts:]
+    carried = flags[cond_consts + body_consts :]
     while True:
-      outputs = self.run(params['body_jaxpr'].jaxpr,
-                         flags[cond_consts:cond_consts + body_consts] + carried,
-                         context.inside(eqn))
+      outputs = self.run(
+        params['body_jaxpr'].jaxpr,
+        flags[cond_consts : cond_consts + body_consts] + carried,
+        context.inside(eqn),
+      )
       widened = [a or b for a, b in zip(carried, outputs, strict=True)]
       if widened == carried:
         break
       carried = widened
-    if any(self.run(params['cond_jaxpr'].jaxpr, flags[:cond_consts] + carried,
-                    context.inside(eqn))):
+    if any(
+      self.run(params['cond_jaxpr'].jaxpr, flags[:cond_consts] + carried, context.inside(eqn))
+    ):
       self.refuse(eqn, context)
     return carried
 
 
 def _trace_error(model: nn.Module, error: Exception) -> NotConvertibleError:
   return NotConvertibleError(
-      f'{type(model).__name__} could not be traced as a spiking network: in the SNN its layers '
-      f'receive inputs with a leading time axis, [T, B, H, W, C] (T = 1 for the first layer), '
-      f'and must act on the trailing axes only (flatten with x.reshape(x.shape[:-3] + (-1,))); '
-      f'its activations must be cos_jax.Activation(levels, self.spiking). The error was: '
-      f'{type(error).__name__}: {error}')
+    f'{type(model).__name__} could not be traced as a spiking network: in the SNN its layers '
+    f'receive inputs with a leading time axis, [T, B, H, W, C] (T = 1 for the first layer), '
+    f'and must act on the trailing axes only (flatten with x.reshape(x.shape[:-3] + (-1,))); '
+    f'its activations must be cos_jax.Activation(levels, self.spiking). The error was: '
+    f'{type(error).__name__}: {error}'
+  )
 
 
 def _activation_outputs(model: nn.Module, variables, images) -> list[jax.ShapeDtypeStruct]:
@@ -253,9 +325,10 @@ def _activation_outputs(model: nn.Module, variables, images) -> list[jax.ShapeDt
     raise _trace_error(model, error) from error
   if unconverted:
     raise NotConvertibleError(
-        f'The activations {", ".join(unconverted)} stay QCFS in the '
-        'converted network: create them as cos_jax.Activation(levels, self.spiking), so that '
-        'convert can turn them into IF neurons.')
+      f'The activations {", ".join(unconverted)} stay QCFS in the '
+      'converted network: create them as cos_jax.Activation(levels, self.spiking), so that '
+      'convert can turn them into IF neurons.'
+    )
   return shapes
 
 
@@ -267,6 +340,7 @@ def check_convertible(model: nn.Module) -> None:
   linear in them, and says what to use instead. Cached per model.
   """
   from cos_jax import models  # pylint: disable=import-outside-toplevel
+
   variables = models.abstract_variables(model)
   spiking = model.clone(spiking=Spiking(_TRACE_STEPS))
   images = jax.ShapeDtypeStruct((1, _TRACE_BATCH) + tuple(model.input_shape), jnp.float32)
@@ -290,12 +364,14 @@ def check_convertible(model: nn.Module) -> None:
   tracker = _Tracker()
   tracker.run(closed.jaxpr, [False] * inputs + [True] * len(sources))
   if tracker.problems:
-    lines = [f'- {", ".join(operations)} in {path} ({location}): {description}; {advice}.'
-             for (path, location, (description, advice)), operations
-             in tracker.problems.items()]
+    lines = [
+      f'- {", ".join(operations)} in {path} ({location}): {description}; {advice}.'
+      for (path, location, (description, advice)), operations in tracker.problems.items()
+    ]
     raise NotConvertibleError(
-        f'{type(model).__name__} cannot become a spiking network: between its '
-        'cos_jax.Activation layers the spikes may only pass through operations linear in them '
-        '(convolutions, dense layers, BatchNorm with running statistics, average pooling, '
-        'reshapes, concatenation, residual additions; see "Your own network" in the README). '
-        'Found:\n' + '\n'.join(lines))
+      f'{type(model).__name__} cannot become a spiking network: between its '
+      'cos_jax.Activation layers the spikes may only pass through operations linear in them '
+      '(convolutions, dense layers, BatchNorm with running statistics, average pooling, '
+      'reshapes, concatenation, residual additions; see "Your own network" in the README). '
+      'Found:\n' + '\n'.join(lines)
+    )

@@ -53,6 +53,7 @@ class DataError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
   """Examples held in memory."""
+
   images: np.ndarray  # uint8 [N, H, W, C]
   labels: np.ndarray  # int32 [N]
 
@@ -66,6 +67,7 @@ class ArraySplit:
 @dataclasses.dataclass(frozen=True)
 class ImageFolderSplit:
   """Image files, decoded one at a time when read (any size; 1 or 3 channels)."""
+
   files: tuple[Path, ...]
   labels: np.ndarray  # int32 [N]
   channels: int
@@ -80,6 +82,7 @@ class ImageFolderSplit:
 @dataclasses.dataclass(frozen=True)
 class TfdsSplit:
   """A tensorflow-datasets `data_source`: random access into its ArrayRecord files."""
+
   source: Any
 
   def __len__(self) -> int:
@@ -93,6 +96,7 @@ class TfdsSplit:
 @dataclasses.dataclass(frozen=True)
 class SubsetSplit:
   """The examples of `parent` at `indices`, in that order."""
+
   parent: Any
   indices: np.ndarray
 
@@ -120,79 +124,107 @@ def load(config, *, preload: bool = True) -> Dataset:
   preload=False leaves an image folder on disk whatever `preload_images` says: for readers that
   see each image once, like the conversion report.
   """
-  loaders = {'tfds': _load_tfds, 'cifar_pickle': _load_cifar_pickle,
-             'image_folder': functools.partial(
-                 _load_image_folder, preload=preload and config.get('preload_images', False)),
-             'digits': _load_digits,
-             'synthetic': _load_synthetic}
+  loaders = {
+    'tfds': _load_tfds,
+    'cifar_pickle': _load_cifar_pickle,
+    'image_folder': functools.partial(
+      _load_image_folder, preload=preload and config.get('preload_images', False)
+    ),
+    'digits': _load_digits,
+    'synthetic': _load_synthetic,
+  }
   if config.data_source not in loaders:
-    raise DataError(f'Unknown data_source {config.data_source!r}: expected one of '
-                    f'{sorted(loaders)}.')
+    raise DataError(
+      f'Unknown data_source {config.data_source!r}: expected one of {sorted(loaders)}.'
+    )
   dataset = loaders[config.data_source](config)
   if isinstance(dataset.train, ImageFolderSplit):  # decoded to the channels asked for
     return dataset
   channels = np.shape(dataset.train[0][0])[-1]
   if channels != config.input_shape[2]:
-    raise DataError(f'The {config.data_source} data has {channels}-channel images, but '
-                    f'input_shape {tuple(config.input_shape)} asks for {config.input_shape[2]}: '
-                    f'set --config.input_shape with {channels} channels (and mean and std with '
-                    f'{channels} values each).')
+    raise DataError(
+      f'The {config.data_source} data has {channels}-channel images, but '
+      f'input_shape {tuple(config.input_shape)} asks for {config.input_shape[2]}: '
+      f'set --config.input_shape with {channels} channels (and mean and std with '
+      f'{channels} values each).'
+    )
   return dataset
 
 
 def _load_tfds(config) -> Dataset:
   if config.dataset not in TFDS_NAMES:
-    raise DataError(f'tfds source: unknown dataset {config.dataset!r}, expected one of '
-                    f'{sorted(TFDS_NAMES)}.')
+    raise DataError(
+      f'tfds source: unknown dataset {config.dataset!r}, expected one of {sorted(TFDS_NAMES)}.'
+    )
   name = TFDS_NAMES[config.dataset]
   offline_help = (
-      'Without internet, download the data elsewhere and point cos_jax at it: '
-      "--config.data_source=cifar_pickle --config.data_dir=<folder holding cifar-10-batches-py "
-      "or cifar-100-python>, or --config.data_source=image_folder --config.data_dir=<root with "
-      "train/<class>/*.jpg and test/<class>/*.jpg>.")
+    'Without internet, download the data elsewhere and point cos_jax at it: '
+    '--config.data_source=cifar_pickle --config.data_dir=<folder holding cifar-10-batches-py '
+    'or cifar-100-python>, or --config.data_source=image_folder --config.data_dir=<root with '
+    'train/<class>/*.jpg and test/<class>/*.jpg>.'
+  )
   if name == 'imagenet2012':
-    offline_help = ('tfds cannot download ImageNet: download ILSVRC2012_img_train.tar and '
-                    'ILSVRC2012_img_val.tar from image-net.org into ~/tensorflow_datasets/'
-                    'downloads/manual/ and run again, or use --config.data_source=image_folder '
-                    '--config.data_dir=<root with train/<class>/ and val/<class>/>.')
+    offline_help = (
+      'tfds cannot download ImageNet: download ILSVRC2012_img_train.tar and '
+      'ILSVRC2012_img_val.tar from image-net.org into ~/tensorflow_datasets/'
+      'downloads/manual/ and run again, or use --config.data_source=image_folder '
+      '--config.data_dir=<root with train/<class>/ and val/<class>/>.'
+    )
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    splits = tfds.data_source(name, split=['train', config.test_split],
-                              data_dir=config.get('tfds_dir') or None)
+
+    splits = tfds.data_source(
+      name, split=['train', config.test_split], data_dir=config.get('tfds_dir') or None
+    )
   except ImportError as error:
-    raise DataError(f'The tfds source needs tensorflow-datasets and tensorflow ({error}): '
-                    f'pip install "cos_jax[tfds]". {offline_help}') from error
+    raise DataError(
+      f'The tfds source needs tensorflow-datasets and tensorflow ({error}): '
+      f'pip install "cos_jax[tfds]". {offline_help}'
+    ) from error
   except Exception as error:  # tfds raises many types for network and manual-download problems.
-    raise DataError(f'tfds could not load {name!r}: {type(error).__name__}: {error}. '
-                    f'{offline_help}') from error
+    raise DataError(
+      f'tfds could not load {name!r}: {type(error).__name__}: {error}. {offline_help}'
+    ) from error
   features = splits[0].dataset_info.features
   num_classes = features['label'].num_classes
-  names = tuple(features['label'].names) if features['label'].names else tuple(
-      str(i) for i in range(num_classes))
+  names = (
+    tuple(features['label'].names)
+    if features['label'].names
+    else tuple(str(i) for i in range(num_classes))
+  )
   return Dataset(TfdsSplit(splits[0]), TfdsSplit(splits[1]), num_classes, names)
 
 
 def _require_dir(path: Path, what: str) -> Path:
   if not path.is_dir():
-    raise DataError(f'{what}: expected a folder at {path}, found '
-                    f'{"a file" if path.exists() else "nothing"}.')
+    raise DataError(
+      f'{what}: expected a folder at {path}, found {"a file" if path.exists() else "nothing"}.'
+    )
   return path
 
 
 def _load_cifar_pickle(config) -> Dataset:
   if config.dataset not in CIFAR_PICKLE_FOLDERS:
-    raise DataError(f'cifar_pickle source: dataset must be one of {sorted(CIFAR_PICKLE_FOLDERS)}, '
-                    f'got {config.dataset!r}.')
+    raise DataError(
+      f'cifar_pickle source: dataset must be one of {sorted(CIFAR_PICKLE_FOLDERS)}, '
+      f'got {config.dataset!r}.'
+    )
   folder = CIFAR_PICKLE_FOLDERS[config.dataset]
   root = Path(config.data_dir).expanduser()
   if (root / folder).is_dir():
     root = root / folder
-  how = (f'download and unpack https://www.cs.toronto.edu/~kriz/{folder.replace("-batches-py", "")}'
-         f'-python.tar.gz so that {root} holds the {folder} files')
+  how = (
+    f'download and unpack https://www.cs.toronto.edu/~kriz/{folder.replace("-batches-py", "")}'
+    f'-python.tar.gz so that {root} holds the {folder} files'
+  )
   _require_dir(root, f'CIFAR pickles ({how})')
   if config.dataset == 'cifar10':
     train_files, test_files, label_key, names_file = (
-        [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'], b'labels', 'batches.meta')
+      [f'data_batch_{i}' for i in range(1, 6)],
+      ['test_batch'],
+      b'labels',
+      'batches.meta',
+    )
     names_key = b'label_names'
   else:
     train_files, test_files, label_key, names_file = (['train'], ['test'], b'fine_labels', 'meta')
@@ -210,8 +242,10 @@ def _load_cifar_pickle(config) -> Dataset:
         images.append(np.asarray(entry[b'data'], np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(entry[label_key], np.int32))
       except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
-        raise DataError(f'CIFAR pickles: {path} is not a CIFAR python batch '
-                        f'({type(error).__name__}: {error}); {how}.') from error
+        raise DataError(
+          f'CIFAR pickles: {path} is not a CIFAR python batch '
+          f'({type(error).__name__}: {error}); {how}.'
+        ) from error
     return ArraySplit(np.concatenate(images).transpose(0, 2, 3, 1), np.concatenate(labels))
 
   train, test = read(train_files), read(test_files)
@@ -226,6 +260,7 @@ def _load_cifar_pickle(config) -> Dataset:
 def _decode_image(path: Path, channels: int) -> np.ndarray:
   """One image file as uint8 [H, W, channels] at its own size; DataError naming the file."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   try:
     with Image.open(path) as image:
       image.load()
@@ -235,8 +270,10 @@ def _decode_image(path: Path, channels: int) -> np.ndarray:
       image = image.convert('RGB' if channels == 3 else 'L')
       return np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], channels)
   except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for damaged files
-    raise DataError(f'image_folder: cannot decode {path} ({type(error).__name__}: {error}); '
-                    'replace or remove the file.') from error
+    raise DataError(
+      f'image_folder: cannot decode {path} ({type(error).__name__}: {error}); '
+      'replace or remove the file.'
+    ) from error
 
 
 def _list_folder(split_dir: Path, classes: list[str], channels: int) -> ImageFolderSplit:
@@ -244,17 +281,21 @@ def _list_folder(split_dir: Path, classes: list[str], channels: int) -> ImageFol
   for label, name in enumerate(classes):
     found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-      raise DataError(f'image_folder: the class folder {split_dir / name} holds no '
-                      f'{"/".join(IMAGE_SUFFIXES)} files: add its images or remove the folder.')
+      raise DataError(
+        f'image_folder: the class folder {split_dir / name} holds no '
+        f'{"/".join(IMAGE_SUFFIXES)} files: add its images or remove the folder.'
+      )
     files += found
     labels += [label] * len(found)
   return ImageFolderSplit(tuple(files), np.asarray(labels, np.int32), channels)
 
 
 def _load_image_folder(config, preload: bool) -> Dataset:
-  root = _require_dir(Path(config.data_dir).expanduser(),
-                      'image_folder (set --config.data_dir to a root holding train/<class>/*.jpg '
-                      f'and {config.test_split}/<class>/*.jpg)')
+  root = _require_dir(
+    Path(config.data_dir).expanduser(),
+    'image_folder (set --config.data_dir to a root holding train/<class>/*.jpg '
+    f'and {config.test_split}/<class>/*.jpg)',
+  )
   split_dirs = {split: root / split for split in ('train', config.test_split)}
   for split, path in split_dirs.items():
     _require_dir(path, f'image_folder: the {split!r} split (<root>/{split}/<class>/*.jpg)')
@@ -263,17 +304,24 @@ def _load_image_folder(config, preload: bool) -> Dataset:
   if not classes:
     raise DataError(f'image_folder: {split_dirs["train"]} has no class folders.')
   if test_classes != classes:
-    raise DataError(f'image_folder: the class folders of {split_dirs[config.test_split]} '
-                    f'({test_classes}) differ from those of {split_dirs["train"]} ({classes}).')
+    raise DataError(
+      f'image_folder: the class folders of {split_dirs[config.test_split]} '
+      f'({test_classes}) differ from those of {split_dirs["train"]} ({classes}).'
+    )
   channels = config.input_shape[2]
   if channels not in (1, 3):
-    raise DataError(f'image_folder decodes to 1 (grayscale) or 3 (RGB) channels; input_shape '
-                    f'{tuple(config.input_shape)} asks for {channels}.')
-  train, test = (_list_folder(split_dirs[s], classes, channels)
-                 for s in ('train', config.test_split))
+    raise DataError(
+      f'image_folder decodes to 1 (grayscale) or 3 (RGB) channels; input_shape '
+      f'{tuple(config.input_shape)} asks for {channels}.'
+    )
+  train, test = (
+    _list_folder(split_dirs[s], classes, channels) for s in ('train', config.test_split)
+  )
   if preload:
-    train, test = (_preload(split, split_dirs[s], pipeline_threads(config))
-                   for split, s in ((train, 'train'), (test, config.test_split)))
+    train, test = (
+      _preload(split, split_dirs[s], pipeline_threads(config))
+      for split, s in ((train, 'train'), (test, config.test_split))
+    )
   return Dataset(train, test, len(classes), tuple(classes))
 
 
@@ -289,29 +337,39 @@ def _preload(split: ImageFolderSplit, split_dir: Path, threads: int) -> ArraySpl
   sizes = collections.Counter(image.shape for image in images)
   if len(sizes) > 1:
     (common, _), (other, _) = sizes.most_common(2)
-    odd = next(path for path, image in zip(split.files, images, strict=True)
-               if image.shape == other)
-    raise DataError(f'preload_images holds a split as one array, so its images must share a '
-                    f'size: {split_dir} has {dict(sizes)} ([H, W, C]: count), e.g. {odd} is '
-                    f'{other} where most are {common}. Set --config.preload_images=False to '
-                    'decode each image when it is read.')
+    odd = next(
+      path for path, image in zip(split.files, images, strict=True) if image.shape == other
+    )
+    raise DataError(
+      f'preload_images holds a split as one array, so its images must share a '
+      f'size: {split_dir} has {dict(sizes)} ([H, W, C]: count), e.g. {odd} is '
+      f'{other} where most are {common}. Set --config.preload_images=False to '
+      'decode each image when it is read.'
+    )
   stacked = np.stack(images)
-  print(f'Decoded the {len(images)} images of {split_dir} into memory ({stacked.nbytes / 1e6:.0f} '
-        f'MB) in {time.time() - start:.0f} s.', flush=True)
+  print(
+    f'Decoded the {len(images)} images of {split_dir} into memory ({stacked.nbytes / 1e6:.0f} '
+    f'MB) in {time.time() - start:.0f} s.',
+    flush=True,
+  )
   return ArraySplit(stacked, split.labels)
 
 
 def _load_digits(config) -> Dataset:
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
   digits = load_digits()
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
   order = np.random.default_rng(0).permutation(len(labels))  # a fixed, documented split
-  test = order[:config.get('digits_test_size', 360)]
-  train = order[config.get('digits_test_size', 360):]
-  return Dataset(ArraySplit(images[train], labels[train]),
-                 ArraySplit(images[test], labels[test]), 10,
-                 tuple(str(i) for i in range(10)))
+  test = order[: config.get('digits_test_size', 360)]
+  train = order[config.get('digits_test_size', 360) :]
+  return Dataset(
+    ArraySplit(images[train], labels[train]),
+    ArraySplit(images[test], labels[test]),
+    10,
+    tuple(str(i) for i in range(10)),
+  )
 
 
 def _load_synthetic(config) -> Dataset:
@@ -325,8 +383,12 @@ def _load_synthetic(config) -> Dataset:
     noise = rng.normal(0, 40, (n,) + shape)
     return ArraySplit(np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels)
 
-  return Dataset(make(config.synthetic_train_size), make(config.synthetic_test_size),
-                 config.num_classes, tuple(str(i) for i in range(config.num_classes)))
+  return Dataset(
+    make(config.synthetic_train_size),
+    make(config.synthetic_test_size),
+    config.num_classes,
+    tuple(str(i) for i in range(config.num_classes)),
+  )
 
 
 def subset(split: Split, size: int) -> Split:
@@ -341,8 +403,9 @@ def subset(split: Split, size: int) -> Split:
 
 def normalise(images: np.ndarray, mean, std) -> np.ndarray:
   """uint8 [..., C] images to float32, scaled to [0, 1] then normalised per channel."""
-  return ((images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
-          / np.asarray(std, np.float32))
+  return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
+    std, np.float32
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +413,7 @@ class _Share:
   """Where this process's examples lie: global batches of `batch_size`, of which the process
   holds the `local` slots from `first`. Maps an index of the process's example stream to the
   example's position in the global stream."""
+
   batch_size: int
   local: int
   first: int
@@ -359,8 +423,10 @@ class _Share:
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if batch_size % process_count:
-      raise ValueError(f'The batch of {batch_size} cannot be split evenly over {process_count} '
-                       'processes: make it a multiple of the process count.')
+      raise ValueError(
+        f'The batch of {batch_size} cannot be split evenly over {process_count} '
+        'processes: make it a multiple of the process count.'
+      )
     local = batch_size // process_count
     return cls(batch_size, local, process_index * local)
 
@@ -374,6 +440,7 @@ class _Share:
 class _TrainExample:
   """The process's `index`-th training example, transformed with a generator seeded by its
   position in the global stream (so the process count does not change what any example is)."""
+
   split: Split
   order: grain.MapDataset  # example indices, reshuffled every epoch
   share: _Share
@@ -391,8 +458,9 @@ class _TrainExample:
 
 
 def _iterate(dataset: grain.MapDataset, threads: int, workers: int) -> Iterator:
-  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(threads, 1),
-                                                       prefetch_buffer_size=max(2 * threads, 2)))
+  iterable = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=max(2 * threads, 2))
+  )
   if workers:
     if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; train.py parses them
       flags.FLAGS.mark_as_parsed()
@@ -400,10 +468,19 @@ def _iterate(dataset: grain.MapDataset, threads: int, workers: int) -> Iterator:
   return iter(iterable)
 
 
-def train_batches(split: Split, *, batch_size: int, seed: int, start_step: int, num_steps: int,
-                  transform, threads: int = DEFAULT_THREADS, workers: int = 0,
-                  process_index: int | None = None, process_count: int | None = None
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def train_batches(
+  split: Split,
+  *,
+  batch_size: int,
+  seed: int,
+  start_step: int,
+  num_steps: int,
+  transform,
+  threads: int = DEFAULT_THREADS,
+  workers: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields this process's share (uint8 images, int32 labels) of the global batches of steps
   start_step..num_steps-1; every epoch is a new permutation of the split, its remainder dropped.
 
@@ -424,14 +501,18 @@ def train_batches(split: Split, *, batch_size: int, seed: int, start_step: int, 
   epochs = math.ceil(num_steps / steps_per_epoch)
   order = grain.MapDataset.range(len(split)).shuffle(seed=seed).repeat(epochs)
   example = _TrainExample(split, order, share, steps_per_epoch, transform, seed)
-  dataset = (grain.MapDataset.range(num_steps * share.local).map(example)
-             .batch(share.local, drop_remainder=True))
+  dataset = (
+    grain.MapDataset.range(num_steps * share.local)
+    .map(example)
+    .batch(share.local, drop_remainder=True)
+  )
   return _iterate(dataset[start_step:num_steps], threads, workers)
 
 
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
   """The process's `index`-th evaluation example and whether it is real (not batch padding)."""
+
   split: Split
   share: _Share
   transform: Any
@@ -444,9 +525,16 @@ class _EvalExample:
     return self.transform(image), np.int32(label), np.bool_(True)
 
 
-def eval_batches(split: Split, batch_size: int, transform, *, threads: int = DEFAULT_THREADS,
-                 process_index: int | None = None, process_count: int | None = None,
-                 start_batch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def eval_batches(
+  split: Split,
+  batch_size: int,
+  transform,
+  *,
+  threads: int = DEFAULT_THREADS,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  start_batch: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields this process's share (images, labels, real) of the split in order, in global
   batches of `batch_size`, from batch `start_batch` on; the last one is padded with blank images
   that `real` marks False.
@@ -463,6 +551,10 @@ def eval_batches(split: Split, batch_size: int, transform, *, threads: int = DEF
 
 def examples(split: Split, transform, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """Every example of a (small) split, transformed, as (images, labels) arrays in this process."""
-  parts = [(images[real], labels[real]) for images, labels, real in
-           eval_batches(split, batch_size, transform, process_index=0, process_count=1)]
+  parts = [
+    (images[real], labels[real])
+    for images, labels, real in eval_batches(
+      split, batch_size, transform, process_index=0, process_count=1
+    )
+  ]
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

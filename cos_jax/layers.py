@@ -38,6 +38,7 @@ class Spiking:
     statistics_steps: 0, or the number of steps, counted from the first step of the whole run,
       whose spikes and currents are summed into the `spike_stats` collection (when mutable).
   """
+
   steps: int
   calibration_rounds: int = 0
   statistics_steps: int = 0
@@ -57,6 +58,7 @@ def counted_steps_mask(module: nn.Module, steps: int, statistics_steps: int) -> 
 
 class Activation(nn.Module):
   """QCFS in the ANN; IF neurons with threshold lambda in the SNN."""
+
   levels: int
   spiking: Spiking | None = None
 
@@ -69,8 +71,9 @@ class Activation(nn.Module):
     steps = self.spiking.steps
     currents = jnp.broadcast_to(x / threshold, (steps,) + x.shape[1:])
     neuron_shape = x.shape[1:]
-    potential = self.variable('membrane', 'potential', jnp.full, neuron_shape,
-                              neuron.INITIAL_POTENTIAL, x.dtype)
+    potential = self.variable(
+      'membrane', 'potential', jnp.full, neuron_shape, neuron.INITIAL_POTENTIAL, x.dtype
+    )
     if self.spiking.calibration_rounds:
       shift = neuron.calibrated_shift(currents, self.spiking.calibration_rounds)
       self.variable('shifts', 'shift', jnp.zeros, neuron_shape, x.dtype).value = shift
@@ -132,15 +135,20 @@ class Conv(nn.Conv):
     if padding is None:
       return super().__call__(inputs)
     in_features = inputs.shape[-1]
-    kernel = self.param('kernel', self.kernel_init,
-                        tuple(self.kernel_size) + (in_features, self.features), self.param_dtype)
+    kernel = self.param(
+      'kernel',
+      self.kernel_init,
+      tuple(self.kernel_size) + (in_features, self.features),
+      self.param_dtype,
+    )
     height, width = inputs.shape[-3:-1]
     taps, (out_h, out_w) = _unrolled_kernel_indices(height, width, self.kernel_size, padding)
     flat_kernel = kernel.reshape((-1, in_features, self.features))
     flat_kernel = jnp.concatenate([flat_kernel, jnp.zeros_like(flat_kernel[:1])])  # tap -1: zero
     unrolled = flat_kernel[taps]  # [in positions, out positions, in_features, features]
-    unrolled = unrolled.transpose(0, 2, 1, 3).reshape(height * width * in_features,
-                                                      out_h * out_w * self.features)
+    unrolled = unrolled.transpose(0, 2, 1, 3).reshape(
+      height * width * in_features, out_h * out_w * self.features
+    )
     batch_shape = inputs.shape[:-3]
     flat = inputs.reshape((-1, height * width * in_features))
     y = jnp.dot(flat, unrolled.astype(inputs.dtype), precision=self.precision)
@@ -205,11 +213,17 @@ class BatchNorm(nn.BatchNorm):
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None):
-    running = nn.merge_param('use_running_average', self.use_running_average,
-                             use_running_average)
-    defaults = (self.axis == -1 and self.axis_name is None and mask is None and self.use_bias
-                and self.use_scale and self.dtype is None and self.use_fast_variance
-                and self.force_float32_reductions)
+    running = nn.merge_param('use_running_average', self.use_running_average, use_running_average)
+    defaults = (
+      self.axis == -1
+      and self.axis_name is None
+      and mask is None
+      and self.use_bias
+      and self.use_scale
+      and self.dtype is None
+      and self.use_fast_variance
+      and self.force_float32_reductions
+    )
     if running or self.is_initializing() or not defaults:
       return super().__call__(x, use_running_average, mask=mask)
     features = (x.shape[-1],)
@@ -218,8 +232,9 @@ class BatchNorm(nn.BatchNorm):
     scale = self.param('scale', self.scale_init, features, self.param_dtype)
     bias = self.param('bias', self.bias_init, features, self.param_dtype)
     compute = jnp.promote_types(jnp.float32, jnp.result_type(x, scale, bias))
-    y, mean, var = batch_norm_train(x.astype(compute), scale.astype(compute),
-                                    bias.astype(compute), self.epsilon)
+    y, mean, var = batch_norm_train(
+      x.astype(compute), scale.astype(compute), bias.astype(compute), self.epsilon
+    )
     ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
     ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(jnp.result_type(x, scale, bias))

@@ -37,6 +37,7 @@ def _average_pool(x: jax.Array) -> jax.Array:
 
 class VGG(nn.Module):
   """VGG with QCFS activations and 2x2 average pooling; VGG-16 by default."""
+
   num_classes: int
   levels: int
   stages: Sequence[Sequence[int]] = VGG16_STAGES
@@ -48,8 +49,9 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     act = functools.partial(Activation, levels=self.levels, spiking=self.spiking)
-    norm = functools.partial(BatchNorm, use_running_average=not train,
-                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+    norm = functools.partial(
+      BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
+    )
     for stage, widths in enumerate(self.stages, start=1):
       for index, width in enumerate(widths):
         name = f'{stage}_{index}'
@@ -67,6 +69,7 @@ class VGG(nn.Module):
 
 class BasicBlock(nn.Module):
   """conv3x3(stride), BN, QCFS, conv3x3, BN, plus the shortcut, then the output QCFS."""
+
   width: int
   stride: int
   levels: int
@@ -75,8 +78,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     conv = functools.partial(Conv, self.width, use_bias=False)
-    norm = functools.partial(BatchNorm, use_running_average=not train,
-                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+    norm = functools.partial(
+      BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON
+    )
     act = functools.partial(Activation, levels=self.levels, spiking=self.spiking)
     strides = (self.stride, self.stride)
     y = conv((3, 3), strides, padding=1, name='conv1')(x)
@@ -94,6 +98,7 @@ class ResNet(nn.Module):
   ImageNet alike; `imagenet_stem=True` is the torchvision-style 7x7/2 convolution followed by
   2x2 pooling, an option outside the paper.
   """
+
   num_classes: int
   levels: int
   stage_sizes: Sequence[int]
@@ -110,22 +115,30 @@ class ResNet(nn.Module):
       x = Conv(self.stem_width, (7, 7), (2, 2), padding=3, use_bias=False, name='stem_conv')(x)
     else:
       x = Conv(self.stem_width, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
-    x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     name='stem_bn')(x)
+    x = BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name='stem_bn'
+    )(x)
     x = Activation(self.levels, self.spiking, name='stem_act')(x)
     if self.imagenet_stem:
       x = _average_pool(x)
     for stage, (size, width, stride) in enumerate(
-        zip(self.stage_sizes, self.widths, self.strides, strict=True)):
+      zip(self.stage_sizes, self.widths, self.strides, strict=True)
+    ):
       for block in range(size):
-        x = BasicBlock(width, stride if block == 0 else 1, self.levels, self.spiking,
-                       name=f'stage{stage + 1}_block{block}')(x, train=train)
+        x = BasicBlock(
+          width,
+          stride if block == 0 else 1,
+          self.levels,
+          self.spiking,
+          name=f'stage{stage + 1}_block{block}',
+        )(x, train=train)
     x = x.mean(axis=(-3, -2))
     return nn.Dense(self.num_classes, name='head')(x)
 
 
 class TinyNet(nn.Module):
   """Two conv stages and a hidden dense layer: for tests and the offline digits config."""
+
   num_classes: int
   levels: int
   widths: Sequence[int] = (8, 16)
@@ -137,28 +150,33 @@ class TinyNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     for index, width in enumerate(self.widths, start=1):
       x = Conv(width, (3, 3), padding=1, name=f'conv{index}')(x)
-      x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       name=f'bn{index}')(x)
+      x = BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f'bn{index}'
+      )(x)
       x = _average_pool(Activation(self.levels, self.spiking, name=f'act{index}')(x))
     x = Activation(self.levels, self.spiking, name='act_fc')(
-        nn.Dense(self.hidden, name='fc')(_flatten_image(x)))
+      nn.Dense(self.hidden, name='fc')(_flatten_image(x))
+    )
     return nn.Dense(self.num_classes, name='head')(x)
 
 
 VGG16 = VGG
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512),
-                             strides=(1, 2, 2, 2))
-ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512),
-                             strides=(1, 2, 2, 2))
-ResNet20 = functools.partial(ResNet, stage_sizes=(3, 3, 3), widths=(16, 32, 64),
-                             strides=(1, 2, 2), stem_width=16)
+ResNet18 = functools.partial(
+  ResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), strides=(1, 2, 2, 2)
+)
+ResNet34 = functools.partial(
+  ResNet, stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), strides=(1, 2, 2, 2)
+)
+ResNet20 = functools.partial(
+  ResNet, stage_sizes=(3, 3, 3), widths=(16, 32, 64), strides=(1, 2, 2), stem_width=16
+)
 
 ARCHITECTURES = {
-    'vgg16': VGG16,
-    'resnet18': ResNet18,
-    'resnet20': ResNet20,
-    'resnet34': ResNet34,
-    'tiny': TinyNet,
+  'vgg16': VGG16,
+  'resnet18': ResNet18,
+  'resnet20': ResNet20,
+  'resnet34': ResNet34,
+  'tiny': TinyNet,
 }
 IMAGENET_SHAPE = (224, 224, 3)
 
@@ -170,13 +188,18 @@ def _checked_input_shape(model_class, shape, fields: dict) -> tuple[int, int, in
   except (TypeError, ValueError):
     shape = None
   if shape is None or len(shape) != 3 or min(shape) < 1:
-    raise ValueError(f'input_shape must be (height, width, channels) of positive integers, got '
-                     f'{shape!r}.')
-  poolings = {VGG: len(fields.get('stages', VGG.stages)),
-              TinyNet: len(fields.get('widths', TinyNet.widths))}.get(model_class, 0)
-  if min(shape[:2]) < 2 ** poolings:
-    raise ValueError(f'{model_class.__name__} halves its input {poolings} times: input_shape '
-                     f'{shape} needs a height and width of at least {2 ** poolings}.')
+    raise ValueError(
+      f'input_shape must be (height, width, channels) of positive integers, got {shape!r}.'
+    )
+  poolings = {
+    VGG: len(fields.get('stages', VGG.stages)),
+    TinyNet: len(fields.get('widths', TinyNet.widths)),
+  }.get(model_class, 0)
+  if min(shape[:2]) < 2**poolings:
+    raise ValueError(
+      f'{model_class.__name__} halves its input {poolings} times: input_shape '
+      f'{shape} needs a height and width of at least {2**poolings}.'
+    )
   return shape
 
 
@@ -186,30 +209,40 @@ def architecture(arch: str):
   if arch in ARCHITECTURES:
     return ARCHITECTURES[arch]
   if not isinstance(arch, str) or ':' not in arch:
-    raise ValueError(f'Unknown arch {arch!r}: expected one of {sorted(ARCHITECTURES)}, or your '
-                     "own network as 'package.module:ClassName'.")
+    raise ValueError(
+      f'Unknown arch {arch!r}: expected one of {sorted(ARCHITECTURES)}, or your '
+      "own network as 'package.module:ClassName'."
+    )
   module_name, _, class_name = arch.partition(':')
   try:
     module = importlib.import_module(module_name)
   except ImportError as error:
-    raise ValueError(f'arch {arch!r}: cannot import {module_name!r} ({error}); it must be '
-                     'importable from where you run (e.g. on PYTHONPATH).') from error
+    raise ValueError(
+      f'arch {arch!r}: cannot import {module_name!r} ({error}); it must be '
+      'importable from where you run (e.g. on PYTHONPATH).'
+    ) from error
   model_class = getattr(module, class_name, None)
   if model_class is None:
     raise ValueError(f'arch {arch!r}: {module_name} has no {class_name!r}.')
   model_type = getattr(model_class, 'func', model_class)
   if not (isinstance(model_type, type) and issubclass(model_type, nn.Module)):
     raise ValueError(f'arch {arch!r} is {model_class!r}, not a Flax linen Module class.')
-  missing = [field for field in ('num_classes', 'levels', 'input_shape', 'spiking')
-             if field not in model_type.__dataclass_fields__]
+  missing = [
+    field
+    for field in ('num_classes', 'levels', 'input_shape', 'spiking')
+    if field not in model_type.__dataclass_fields__
+  ]
   if missing:
-    raise ValueError(f'arch {arch!r} lacks the fields {missing}: a convertible network has '
-                     'num_classes, levels, input_shape and spiking (cos_jax.convertibility).')
+    raise ValueError(
+      f'arch {arch!r} lacks the fields {missing}: a convertible network has '
+      'num_classes, levels, input_shape and spiking (cos_jax.convertibility).'
+    )
   return model_class
 
 
-def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = False,
-                 **overrides: Any) -> nn.Module:
+def create_model(
+  arch: str, *, num_classes: int, levels: int, imagenet: bool = False, **overrides: Any
+) -> nn.Module:
   """Builds a QCFS model by name.
 
   Args:
@@ -228,9 +261,9 @@ def create_model(arch: str, *, num_classes: int, levels: int, imagenet: bool = F
   checks.check_positive_int('levels (L)', levels)
   checks.check_positive_int('num_classes', num_classes)
   if 'input_shape' in overrides:
-    overrides['input_shape'] = _checked_input_shape(getattr(model_class, 'func', model_class),
-                                                    overrides['input_shape'],
-                                                    overrides)
+    overrides['input_shape'] = _checked_input_shape(
+      getattr(model_class, 'func', model_class), overrides['input_shape'], overrides
+    )
   if imagenet:
     overrides.setdefault('input_shape', IMAGENET_SHAPE)
   return model_class(num_classes=num_classes, levels=levels, **overrides)

@@ -47,8 +47,9 @@ def run_if(initial_potential: jax.Array, currents: jax.Array) -> tuple[jax.Array
   Returns:
     `(v(steps), spikes)` with spikes shaped like `currents`.
   """
-  return jax.lax.scan(if_step, initial_potential, currents,
-                      unroll=min(currents.shape[0], MAX_UNROLL))
+  return jax.lax.scan(
+    if_step, initial_potential, currents, unroll=min(currents.shape[0], MAX_UNROLL)
+  )
 
 
 def presimulate(initial_potential: jax.Array, currents: jax.Array) -> dict[str, jax.Array]:
@@ -72,11 +73,13 @@ def presimulate(initial_potential: jax.Array, currents: jax.Array) -> dict[str, 
   zeros = jnp.zeros_like(initial_potential)
   init = (initial_potential, zeros, zeros + jnp.inf, zeros - jnp.inf)
   (residual, count, lowest_fired, highest_silent), _ = jax.lax.scan(
-      step, init, currents, unroll=min(currents.shape[0], MAX_UNROLL))
+    step, init, currents, unroll=min(currents.shape[0], MAX_UNROLL)
+  )
   every_step_fired = count == currents.shape[0]
   highest_silent = jnp.where(every_step_fired, NO_SILENT_STEP, highest_silent)
-  return dict(count=count, residual=residual, lowest_fired=lowest_fired,
-              highest_silent=highest_silent)
+  return dict(
+    count=count, residual=residual, lowest_fired=lowest_fired, highest_silent=highest_silent
+  )
 
 
 def cos_shift(initial_potential: jax.Array, currents: jax.Array) -> jax.Array:
@@ -103,6 +106,7 @@ def calibrated_shift(currents: jax.Array, rounds: int) -> jax.Array:
   Round 1 starts from INITIAL_POTENTIAL; each later round starts from the potential the rounds
   before it chose, and its shift is added to theirs.
   """
+
   def one_round(_, shift):
     return shift + cos_shift(INITIAL_POTENTIAL + shift, currents)
 

@@ -10,8 +10,7 @@ def data_mesh() -> jax.sharding.Mesh:
   Its axis is of the Auto type: XLA propagates the batch sharding through the model (the SNN's
   reshapes of [steps, B, ...] included) without sharding annotations in the model code.
   """
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def shard_batch(mesh: jax.sharding.Mesh, *local_arrays):
@@ -22,16 +21,19 @@ def shard_batch(mesh: jax.sharding.Mesh, *local_arrays):
   """
   sharding = NamedSharding(mesh, PartitionSpec('data'))
   return tuple(
-      jax.make_array_from_process_local_data(
-          sharding, a, (len(a) * jax.process_count(),) + a.shape[1:])
-      for a in local_arrays)
+    jax.make_array_from_process_local_data(
+      sharding, a, (len(a) * jax.process_count(),) + a.shape[1:]
+    )
+    for a in local_arrays
+  )
 
 
 def shard_global_batch(mesh: jax.sharding.Mesh, *arrays):
   """Places a global batch that every process holds whole: each contributes its share."""
   count, index = jax.process_count(), jax.process_index()
-  return shard_batch(mesh, *(a[index * (len(a) // count):(index + 1) * (len(a) // count)]
-                             for a in arrays))
+  return shard_batch(
+    mesh, *(a[index * (len(a) // count) : (index + 1) * (len(a) // count)] for a in arrays)
+  )
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
@@ -41,5 +43,6 @@ def replicate(tree, mesh: jax.sharding.Mesh):
 
 def check_divisible(batch_size: int, name: str) -> None:
   if batch_size % jax.device_count():
-    raise ValueError(f'{name}={batch_size} must be divisible by the {jax.device_count()} devices '
-                     'it is split over.')
+    raise ValueError(
+      f'{name}={batch_size} must be divisible by the {jax.device_count()} devices it is split over.'
+    )

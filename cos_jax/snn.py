@@ -33,6 +33,7 @@ OFFSET_SPIKE_BINS = (-3, -2, -1, 0, 1, 2, 3)
 @struct.dataclass
 class SNN:
   """A converted network: the QCFS model (static) and its `params` and `batch_stats` (if any)."""
+
   model: nn.Module = struct.field(pytree_node=False)
   variables: dict[str, Any]
 
@@ -44,6 +45,7 @@ class Shifts:
   `rho` and `rounds` record how they were found; a simulation from them starts with a chunk of
   rho steps, the same shape as the calibration's, so it reproduces the fused run bit for bit.
   """
+
   values: dict[str, Any]
   rho: int = struct.field(pytree_node=False)
   rounds: int = struct.field(pytree_node=False)
@@ -70,24 +72,32 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
       operation to the spikes between its activations (`cos_jax.convertibility`).
   """
   if not hasattr(model, 'spiking') or not hasattr(model, 'input_shape'):
-    raise TypeError(f'convert needs a QCFS model with the fields spiking and input_shape (a '
-                    'cos_jax model, or your own as cos_jax.convertibility describes), got '
-                    f'{type(model).__name__}.')
+    raise TypeError(
+      f'convert needs a QCFS model with the fields spiking and input_shape (a '
+      'cos_jax model, or your own as cos_jax.convertibility describes), got '
+      f'{type(model).__name__}.'
+    )
   if model.spiking is not None:
     raise ValueError('convert needs the ANN model (spiking=None); this one is already converted.')
   try:
     hash(model)  # the simulation compiles per model: it is a static argument
   except TypeError as error:
-    unhashable = [f.name for f in dataclasses.fields(model)
-                  if isinstance(getattr(model, f.name, None), (list, dict, set))]
-    raise ValueError(f'{type(model).__name__} cannot be converted: its fields must be hashable '
-                     f'(tuples, not lists or dicts), but {unhashable or "a field"} is not.'
-                     ) from error
+    unhashable = [
+      f.name
+      for f in dataclasses.fields(model)
+      if isinstance(getattr(model, f.name, None), (list, dict, set))
+    ]
+    raise ValueError(
+      f'{type(model).__name__} cannot be converted: its fields must be hashable '
+      f'(tuples, not lists or dicts), but {unhashable or "a field"} is not.'
+    ) from error
   expected = models.abstract_variables(model)  # 'params', and 'batch_stats' with BatchNorm
   for collection in expected:
     if collection not in variables:
-      raise ValueError(f'variables lack the {collection!r} collection; pass the full variables '
-                       'returned by model.init or the training state.')
+      raise ValueError(
+        f'variables lack the {collection!r} collection; pass the full variables '
+        'returned by model.init or the training state.'
+      )
     checks.check_same_tree(variables[collection], expected[collection], collection)
   checks.check_variables_usable(variables)
   convertibility.check_convertible(model)
@@ -104,8 +114,11 @@ def _linear_layer_interceptor(on_call):
 
   def intercept(next_fun, args, kwargs, context):
     module = context.module
-    if (context.method_name != '__call__' or not isinstance(module, (nn.Conv, nn.Dense))
-        or id(module) in active):
+    if (
+      context.method_name != '__call__'
+      or not isinstance(module, (nn.Conv, nn.Dense))
+      or id(module) in active
+    ):
       return next_fun(*args, **kwargs)
     active.add(id(module))
     try:
@@ -141,36 +154,52 @@ def _apply_chunk(snn: SNN, images: jax.Array, state: dict, spiking: Spiking):
   mutable = {*state, 'membrane'} | ({'shifts'} if spiking.calibration_rounds else set())
   with nn.intercept_methods(_nonzero_input_counter(spiking)):
     logits, updated = snn.model.clone(spiking=spiking).apply(
-        {**snn.variables, **state}, images[None], train=False, mutable=sorted(mutable))
+      {**snn.variables, **state}, images[None], train=False, mutable=sorted(mutable)
+    )
   return logits, dict(updated)
 
 
 def _potentials_from_shifts(shifts: dict) -> dict:
   flat = traverse_util.flatten_dict(shifts)
   return traverse_util.unflatten_dict(
-      {path[:-1] + ('potential',): neuron.INITIAL_POTENTIAL + shift
-       for path, shift in flat.items()})
+    {path[:-1] + ('potential',): neuron.INITIAL_POTENTIAL + shift for path, shift in flat.items()}
+  )
 
 
-def _initial_state(snn: SNN, images: jax.Array, shift_values: dict | None,
-                   statistics_steps: int) -> dict:
+def _initial_state(
+  snn: SNN, images: jax.Array, shift_values: dict | None, statistics_steps: int
+) -> dict:
   """Membrane potentials at 1/2 (plus the shifts, if given) and zeroed statistics counters."""
   spiking = Spiking(1, statistics_steps=statistics_steps)
   shapes = jax.eval_shape(
-      lambda x: _apply_chunk(snn, x, {'spike_stats': {}} if statistics_steps else {}, spiking)[1],
-      images)
-  state = {'membrane': jax.tree.map(lambda s: jnp.full(s.shape, neuron.INITIAL_POTENTIAL, s.dtype),
-                                    shapes['membrane'])}
+    lambda x: _apply_chunk(snn, x, {'spike_stats': {}} if statistics_steps else {}, spiking)[1],
+    images,
+  )
+  state = {
+    'membrane': jax.tree.map(
+      lambda s: jnp.full(s.shape, neuron.INITIAL_POTENTIAL, s.dtype), shapes['membrane']
+    )
+  }
   if shift_values is not None:
     state['membrane'] = _potentials_from_shifts(shift_values)
   if statistics_steps:
-    state['spike_stats'] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                        shapes['spike_stats'])
+    state['spike_stats'] = jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype), shapes['spike_stats']
+    )
   return state
 
 
-def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: int, chunk: int,
-         shift_values: dict | None, statistics_steps: int):
+def _run(
+  snn: SNN,
+  images: jax.Array,
+  *,
+  steps: int,
+  first_chunk: int,
+  rounds: int,
+  chunk: int,
+  shift_values: dict | None,
+  statistics_steps: int,
+):
   """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds;
   spikes, currents and non-zero inputs of the first `statistics_steps` steps are summed.
 
@@ -180,8 +209,7 @@ def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: i
   state = _initial_state(snn, images, shift_values, statistics_steps)
   outputs, shifts, remaining = [], None, steps
   if rounds or first_chunk != chunk:
-    logits, state = _apply_chunk(snn, images, state,
-                                 Spiking(first_chunk, rounds, statistics_steps))
+    logits, state = _apply_chunk(snn, images, state, Spiking(first_chunk, rounds, statistics_steps))
     shifts = state.pop('shifts') if rounds else None
     outputs.append(logits)
     remaining = max(steps - first_chunk, 0)
@@ -189,12 +217,16 @@ def _run(snn: SNN, images: jax.Array, *, steps: int, first_chunk: int, rounds: i
   if full_chunks:
     body = Spiking(chunk, statistics_steps=statistics_steps)
     state, chunk_logits = jax.lax.scan(
-        lambda carried, _: _apply_chunk(snn, images, carried, body)[::-1], state, None,
-        length=full_chunks)
+      lambda carried, _: _apply_chunk(snn, images, carried, body)[::-1],
+      state,
+      None,
+      length=full_chunks,
+    )
     outputs.append(chunk_logits.reshape((-1,) + chunk_logits.shape[2:]))
   if last_chunk:
-    logits, state = _apply_chunk(snn, images, state,
-                                 Spiking(last_chunk, statistics_steps=statistics_steps))
+    logits, state = _apply_chunk(
+      snn, images, state, Spiking(last_chunk, statistics_steps=statistics_steps)
+    )
     outputs.append(logits)
   return jnp.concatenate(outputs)[:steps], shifts, state.get('spike_stats')
 
@@ -222,34 +254,50 @@ def _summarise(spike_stats: dict, steps: int) -> dict[str, dict[str, jax.Array]]
 
 
 @xla.jit(static_argnames=('steps', 'first_chunk', 'rounds', 'chunk', 'statistics_steps'))
-def _simulate_jit(snn, images, shift_values, *, steps, first_chunk, rounds, chunk,
-                  statistics_steps=0):
-  logits, shifts, spike_stats = _run(snn, images, steps=steps, first_chunk=first_chunk,
-                                     rounds=rounds, chunk=chunk, shift_values=shift_values,
-                                     statistics_steps=statistics_steps)
+def _simulate_jit(
+  snn, images, shift_values, *, steps, first_chunk, rounds, chunk, statistics_steps=0
+):
+  logits, shifts, spike_stats = _run(
+    snn,
+    images,
+    steps=steps,
+    first_chunk=first_chunk,
+    rounds=rounds,
+    chunk=chunk,
+    shift_values=shift_values,
+    statistics_steps=statistics_steps,
+  )
   summary = _summarise(spike_stats, statistics_steps) if statistics_steps else None
   return logits, shifts, summary
 
 
 def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
   if not isinstance(shifts, Shifts):
-    raise TypeError('shifts must be the Shifts returned by calibrate, got '
-                    f'{type(shifts).__name__}.')
+    raise TypeError(
+      f'shifts must be the Shifts returned by calibrate, got {type(shifts).__name__}.'
+    )
   checks.check_positive_int('shifts.rho', shifts.rho)
   checks.check_positive_int('shifts.rounds', shifts.rounds)
   leaves = jax.tree.leaves(shifts.values)
   if leaves and np.ndim(leaves[0]) and np.shape(leaves[0])[0] != images.shape[0]:
-    raise ValueError(f'shifts were calibrated on a batch of {np.shape(leaves[0])[0]} images, but '
-                     f'{images.shape[0]} images were given: COS shifts are per sample, calibrate '
-                     'on the same images you simulate.')
+    raise ValueError(
+      f'shifts were calibrated on a batch of {np.shape(leaves[0])[0]} images, but '
+      f'{images.shape[0]} images were given: COS shifts are per sample, calibrate '
+      'on the same images you simulate.'
+    )
   expected = jax.eval_shape(
-      lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=1, chunk=1, shift_values=None,
-                     statistics_steps=0)[1], images)
+    lambda x: _run(
+      snn, x, steps=1, first_chunk=1, rounds=1, chunk=1, shift_values=None, statistics_steps=0
+    )[1],
+    images,
+  )
   checks.check_same_tree(shifts.values or {}, expected, 'shifts')
   for path, value in traverse_util.flatten_dict(dict(shifts.values)).items():
     if not bool(jnp.isfinite(value).all()):
-      raise ValueError(f"shifts.values/{'/'.join(path)} holds NaN or infinite values: "
-                       'recalibrate, or fix the values edited by hand.')
+      raise ValueError(
+        f'shifts.values/{"/".join(path)} holds NaN or infinite values: '
+        'recalibrate, or fix the values edited by hand.'
+      )
 
 
 def _validated(snn: SNN, images, T: int, chunk: int | None, rho: int = 1, rounds: int = 1):
@@ -264,8 +312,9 @@ def _validated(snn: SNN, images, T: int, chunk: int | None, rho: int = 1, rounds
   return jnp.asarray(images)  # keeps its float dtype: float64 runs stay float64
 
 
-def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
-             chunk: int | None = None) -> jax.Array:
+def simulate(
+  snn: SNN, images, T: int, shifts: Shifts | None = None, *, chunk: int | None = None
+) -> jax.Array:
   """Simulates the SNN for T steps on analog images presented at every step.
 
   Args:
@@ -288,11 +337,27 @@ def simulate(snn: SNN, images, T: int, shifts: Shifts | None = None, *,
   if chunk is None:
     chunk = shifts.rho if isinstance(shifts, Shifts) else DEFAULT_CHUNK
   if shifts is None:
-    return _simulate_jit(snn, images, None, steps=T, first_chunk=min(T, chunk), rounds=0,
-                         chunk=chunk, statistics_steps=0)[0]
+    return _simulate_jit(
+      snn,
+      images,
+      None,
+      steps=T,
+      first_chunk=min(T, chunk),
+      rounds=0,
+      chunk=chunk,
+      statistics_steps=0,
+    )[0]
   _check_shifts(snn, images, shifts)
-  return _simulate_jit(snn, images, shifts.values, steps=T, first_chunk=shifts.rho, rounds=0,
-                       chunk=chunk, statistics_steps=0)[0]
+  return _simulate_jit(
+    snn,
+    images,
+    shifts.values,
+    steps=T,
+    first_chunk=shifts.rho,
+    rounds=0,
+    chunk=chunk,
+    statistics_steps=0,
+  )[0]
 
 
 def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
@@ -310,13 +375,22 @@ def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
   """
   images = _validated(snn, images, 1, 1, rho, rounds)
   checks.check_positive_int('rho', rho)
-  shifts = _simulate_jit(snn, images, None, steps=rho, first_chunk=rho, rounds=rounds,
-                         chunk=rho, statistics_steps=0)[1]
+  shifts = _simulate_jit(
+    snn, images, None, steps=rho, first_chunk=rho, rounds=rounds, chunk=rho, statistics_steps=0
+  )[1]
   return Shifts(values=shifts, rho=rho, rounds=rounds)
 
 
-def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 1,
-                           chunk: int | None = None, statistics_T: int = 0):
+def calibrate_and_simulate(
+  snn: SNN,
+  images,
+  T: int,
+  *,
+  rho: int,
+  rounds: int = 1,
+  chunk: int | None = None,
+  statistics_T: int = 0,
+):
   """The fused run: calibrate on rho steps and simulate T steps, reusing the rho steps.
 
   `rho=0` runs the plain QCFS conversion. Gives the same logits as `calibrate` followed by
@@ -336,19 +410,32 @@ def calibrate_and_simulate(snn: SNN, images, T: int, *, rho: int, rounds: int = 
     raise ValueError(f'statistics_T must be 0 (off) or between 1 and T={T}, got {statistics_T}.')
   first_chunk = rho if rho else min(T, chunk)
   logits, shifts, summary = _simulate_jit(
-      snn, images, None, steps=T, first_chunk=first_chunk, rounds=rounds if rho else 0,
-      chunk=chunk, statistics_steps=statistics_T)
+    snn,
+    images,
+    None,
+    steps=T,
+    first_chunk=first_chunk,
+    rounds=rounds if rho else 0,
+    chunk=chunk,
+    statistics_steps=statistics_T,
+  )
   return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary
 
 
 def neuron_counts(snn: SNN) -> dict[str, int]:
   """The number of IF neurons per layer of one sample, keyed like the statistics."""
   images = jax.ShapeDtypeStruct((1,) + tuple(snn.model.input_shape), jnp.float32)
-  shapes = jax.eval_shape(lambda x: _run(snn, x, steps=1, first_chunk=1, rounds=0, chunk=1,
-                                         shift_values=None, statistics_steps=1)[2], images)
-  return {_layer_name(path): int(np.prod(leaf.shape))
-          for path, leaf in traverse_util.flatten_dict(shapes).items()
-          if path[-1] == 'spike_count'}
+  shapes = jax.eval_shape(
+    lambda x: _run(
+      snn, x, steps=1, first_chunk=1, rounds=0, chunk=1, shift_values=None, statistics_steps=1
+    )[2],
+    images,
+  )
+  return {
+    _layer_name(path): int(np.prod(leaf.shape))
+    for path, leaf in traverse_util.flatten_dict(shapes).items()
+    if path[-1] == 'spike_count'
+  }
 
 
 def linear_layer_costs(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -360,8 +447,10 @@ def linear_layer_costs(model: nn.Module) -> dict[str, dict[str, int]]:
     fan_in = inputs.shape[-1]
     if isinstance(module, nn.Conv):
       fan_in *= int(np.prod(module.kernel_size))
-    costs['/'.join(module.path)] = {'macs': int(np.prod(outputs.shape[1:])) * fan_in,
-                                    'inputs': int(np.prod(inputs.shape[1:]))}
+    costs['/'.join(module.path)] = {
+      'macs': int(np.prod(outputs.shape[1:])) * fan_in,
+      'inputs': int(np.prod(inputs.shape[1:])),
+    }
 
   with nn.intercept_methods(_linear_layer_interceptor(record)):
     models.abstract_variables(model)

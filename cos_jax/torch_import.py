@@ -20,18 +20,29 @@ from cos_jax import checks, models
 
 # Flax leaf name -> PyTorch leaf name, per layer kind.
 _LEAF_NAMES = {
-    'Conv': {'kernel': 'weight', 'bias': 'bias'},
-    'Dense': {'kernel': 'weight', 'bias': 'bias'},
-    'BatchNorm': {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'},
-    'Activation': {'threshold': 'up'},
+  'Conv': {'kernel': 'weight', 'bias': 'bias'},
+  'Dense': {'kernel': 'weight', 'bias': 'bias'},
+  'BatchNorm': {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'},
+  'Activation': {'threshold': 'up'},
 }
-_BLOCK_PARTS = {'conv1': 'residual_function.0', 'bn1': 'residual_function.1',
-                'act1': 'residual_function.2', 'conv2': 'residual_function.3',
-                'bn2': 'residual_function.4', 'shortcut_conv': 'shortcut.0',
-                'shortcut_bn': 'shortcut.1', 'act_out': 'relu'}
+_BLOCK_PARTS = {
+  'conv1': 'residual_function.0',
+  'bn1': 'residual_function.1',
+  'act1': 'residual_function.2',
+  'conv2': 'residual_function.3',
+  'bn2': 'residual_function.4',
+  'shortcut_conv': 'shortcut.0',
+  'shortcut_bn': 'shortcut.1',
+  'act_out': 'relu',
+}
 _RESNET_STEM = {'stem_conv': 'conv1.0', 'stem_bn': 'conv1.1', 'stem_act': 'conv1.2', 'head': 'fc'}
-_VGG_CLASSIFIER = {'fc1': 'classifier.1', 'act_fc1': 'classifier.2', 'fc2': 'classifier.4',
-                   'act_fc2': 'classifier.5', 'head': 'classifier.7'}
+_VGG_CLASSIFIER = {
+  'fc1': 'classifier.1',
+  'act_fc1': 'classifier.2',
+  'fc2': 'classifier.4',
+  'act_fc2': 'classifier.5',
+  'head': 'classifier.7',
+}
 _VGG_OFFSETS = {'conv': 0, 'bn': 1, 'act': 2}
 
 
@@ -125,22 +136,28 @@ def _torch_shape(kind: str, leaf: str, shape: tuple[int, ...]) -> tuple[int, ...
 
 
 def _batch_norm_counters(model: nn.Module) -> list[str]:
-  return [f'{_torch_prefix(model, path)}.num_batches_tracked'
-          for path, kind in _layer_kinds(model).items() if kind == 'BatchNorm']
+  return [
+    f'{_torch_prefix(model, path)}.num_batches_tracked'
+    for path, kind in _layer_kinds(model).items()
+    if kind == 'BatchNorm'
+  ]
 
 
 def state_dict_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
   """The key names and shapes of the reference PyTorch state_dict that fits `model`."""
-  shapes = {key: _torch_shape(kind, leaf, shape)
-            for key, _, _, leaf, kind, shape in _expected_keys(model)}
+  shapes = {
+    key: _torch_shape(kind, leaf, shape) for key, _, _, leaf, kind, shape in _expected_keys(model)
+  }
   shapes.update({key: () for key in _batch_norm_counters(model)})
   return shapes
 
 
 def _check_has_reference(model: nn.Module) -> None:
   if not isinstance(model, (models.VGG, models.ResNet)):
-    raise ValueError(f'{type(model).__name__} has no PyTorch reference layout: only VGG and the '
-                     'ResNets (vgg16, resnet18, resnet20, resnet34) import and export.')
+    raise ValueError(
+      f'{type(model).__name__} has no PyTorch reference layout: only VGG and the '
+      'ResNets (vgg16, resnet18, resnet20, resnet34) import and export.'
+    )
 
 
 def export_state_dict(model: nn.Module, variables: dict) -> dict[str, np.ndarray]:
@@ -166,21 +183,27 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
       with np.load(path) as arrays:
         return {key: arrays[key] for key in arrays.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-      raise ValueError(f'{path} is not a readable .npz archive ({type(error).__name__}: '
-                       f'{error}): a checkpoint in .npz form is np.savez(path, **state_dict), one '
-                       'array per PyTorch state_dict key.') from error
+      raise ValueError(
+        f'{path} is not a readable .npz archive ({type(error).__name__}: '
+        f'{error}): a checkpoint in .npz form is np.savez(path, **state_dict), one '
+        'array per PyTorch state_dict key.'
+      ) from error
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise ImportError(f'Reading {path.name} needs PyTorch: pip install "cos_jax[torch]", or save '
-                      'the state_dict as .npz: np.savez(path, **{k: v.numpy() for k, v in '
-                      'state_dict.items()}).') from error
+    raise ImportError(
+      f'Reading {path.name} needs PyTorch: pip install "cos_jax[torch]", or save '
+      'the state_dict as .npz: np.savez(path, **{k: v.numpy() for k, v in '
+      'state_dict.items()}).'
+    ) from error
   try:
     loaded = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as error:  # torch raises many types for a damaged or foreign file
-    raise ValueError(f'{path} is not a readable PyTorch checkpoint ({type(error).__name__}: '
-                     f'{error}): expected a file written by torch.save(model.state_dict(), '
-                     'path).') from error
+    raise ValueError(
+      f'{path} is not a readable PyTorch checkpoint ({type(error).__name__}: '
+      f'{error}): expected a file written by torch.save(model.state_dict(), '
+      'path).'
+    ) from error
   for wrapper in ('state_dict', 'model', 'net'):
     if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
       loaded = loaded[wrapper]
@@ -192,30 +215,39 @@ def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray])
   state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}
   expected = list(_expected_keys(model))
   known = {key for key, *_ in expected} | set(_batch_norm_counters(model))
-  problems = [f'missing {key} (expected shape {_torch_shape(kind, leaf, shape)})'
-              for key, _, _, leaf, kind, shape in expected if key not in state_dict]
+  problems = [
+    f'missing {key} (expected shape {_torch_shape(kind, leaf, shape)})'
+    for key, _, _, leaf, kind, shape in expected
+    if key not in state_dict
+  ]
   problems += [f'unexpected {key}' for key in state_dict if key not in known]
   problems += [
-      f'{key} has shape {tuple(np.shape(state_dict[key]))}, expected '
-      f'{_torch_shape(kind, leaf, shape)}'
-      for key, _, _, leaf, kind, shape in expected
-      if key in state_dict and tuple(np.shape(state_dict[key])) != _torch_shape(kind, leaf, shape)]
+    f'{key} has shape {tuple(np.shape(state_dict[key]))}, expected '
+    f'{_torch_shape(kind, leaf, shape)}'
+    for key, _, _, leaf, kind, shape in expected
+    if key in state_dict and tuple(np.shape(state_dict[key])) != _torch_shape(kind, leaf, shape)
+  ]
   if problems:
-    shown = '; '.join(problems[:20]) + (f' (and {len(problems) - 20} more)'
-                                        if len(problems) > 20 else '')
-    raise ValueError(f'The state_dict does not fit {type(model).__name__} '
-                     f'(num_classes={model.num_classes}): {shown}.')
+    shown = '; '.join(problems[:20]) + (
+      f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
+    )
+    raise ValueError(
+      f'The state_dict does not fit {type(model).__name__} '
+      f'(num_classes={model.num_classes}): {shown}.'
+    )
   flat = {}
   for key, collection, path, leaf, kind, shape in expected:
     flat[(collection,) + path + (leaf,)] = jnp.asarray(
-        _from_torch(model, kind, path, leaf, state_dict[key], shape))
+      _from_torch(model, kind, path, leaf, state_dict[key], shape)
+    )
   variables = traverse_util.unflatten_dict(flat)
   checks.check_variables_usable(variables)
   return variables
 
 
-def load_torch_checkpoint(path, arch: str, num_classes: int, L: int, *, imagenet: bool = False,
-                          **model_overrides) -> tuple[nn.Module, dict]:
+def load_torch_checkpoint(
+  path, arch: str, num_classes: int, L: int, *, imagenet: bool = False, **model_overrides
+) -> tuple[nn.Module, dict]:
   """Loads a checkpoint of the reference PyTorch code as a cos_jax model and its variables.
 
   Args:
@@ -229,7 +261,8 @@ def load_torch_checkpoint(path, arch: str, num_classes: int, L: int, *, imagenet
   Returns:
     `(model, variables)`, with `model.apply(variables, images, train=False)` the QCFS ANN.
   """
-  model = models.create_model(arch, num_classes=num_classes, levels=L, imagenet=imagenet,
-                              **model_overrides)
+  model = models.create_model(
+    arch, num_classes=num_classes, levels=L, imagenet=imagenet, **model_overrides
+  )
   _check_has_reference(model)
   return model, state_dict_to_variables(model, _read_state_dict(Path(path).expanduser()))

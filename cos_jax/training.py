@@ -40,11 +40,14 @@ class NonFiniteLossError(FloatingPointError):
 
 def create_model(config: ml_collections.ConfigDict, levels: int | None = None) -> nn.Module:
   """The config's model, with `levels` (L) in place of `config.levels` if given."""
-  return models.create_model(config.arch, num_classes=config.num_classes,
-                             levels=levels or config.levels,
-                             imagenet=config.get('imagenet', False),
-                             input_shape=tuple(config.input_shape),
-                             **config.get('model_kwargs', {}))
+  return models.create_model(
+    config.arch,
+    num_classes=config.num_classes,
+    levels=levels or config.levels,
+    imagenet=config.get('imagenet', False),
+    input_shape=tuple(config.input_shape),
+    **config.get('model_kwargs', {}),
+  )
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -58,22 +61,25 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   kind = config.get('lr_schedule', 'cosine')
   if kind == 'cosine':
     if warmup_steps:
-      return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps,
-                                                total_steps)
+      return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup_steps, total_steps
+      )
     return optax.cosine_decay_schedule(config.learning_rate, total_steps)
   if kind == 'linear':
     decay = optax.linear_schedule(config.learning_rate, 0.0, total_steps - warmup_steps)
     if not warmup_steps:
       return decay
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, warmup_steps), decay], [warmup_steps])
+      [optax.linear_schedule(0.0, config.learning_rate, warmup_steps), decay], [warmup_steps]
+    )
   raise ValueError(f"lr_schedule must be 'cosine' or 'linear', got {kind!r}.")
 
 
 def _kernels_only(params):
   """True for convolution and dense kernels: weight decay skips BatchNorm, biases, thresholds."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+    lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params
+  )
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -86,17 +92,23 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   decay_on = config.get('weight_decay_on', 'all')
   if decay_on not in ('all', 'kernels'):
     raise ValueError(f"weight_decay_on must be 'all' or 'kernels', got {decay_on!r}.")
-  decay = optax.add_decayed_weights(config.weight_decay,
-                                    mask=_kernels_only if decay_on == 'kernels' else None)
-  return optax.chain(decay, optax.sgd(schedule, momentum=config.momentum,
-                                      nesterov=config.get('nesterov', False))), schedule
+  decay = optax.add_decayed_weights(
+    config.weight_decay, mask=_kernels_only if decay_on == 'kernels' else None
+  )
+  return optax.chain(
+    decay, optax.sgd(schedule, momentum=config.momentum, nesterov=config.get('nesterov', False))
+  ), schedule
 
 
 def create_train_state(config, model: nn.Module, steps_per_epoch: int, rng: jax.Array):
   variables = models.init_variables(model, rng)
   tx, _ = create_optimizer(config, steps_per_epoch)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', {}))
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    tx=tx,
+    batch_stats=variables.get('batch_stats', {}),
+  )
 
 
 def levels_schedule(config: ml_collections.ConfigDict) -> list[tuple[float, int]]:
@@ -109,17 +121,26 @@ def levels_schedule(config: ml_collections.ConfigDict) -> list[tuple[float, int]
   if not text:
     return [(0.0, config.levels)]
   try:
-    schedule = [(float(fraction), int(levels)) for fraction, levels in
-                (entry.split(':') for entry in text.split(','))]
+    schedule = [
+      (float(fraction), int(levels))
+      for fraction, levels in (entry.split(':') for entry in text.split(','))
+    ]
   except ValueError:
     schedule = None
   fractions = [fraction for fraction, _ in schedule or ()]
-  if (not schedule or fractions != sorted(fractions) or fractions[0] != 0 or fractions[-1] >= 1
-      or any(levels < 1 for _, levels in schedule) or schedule[-1][1] != config.levels):
+  if (
+    not schedule
+    or fractions != sorted(fractions)
+    or fractions[0] != 0
+    or fractions[-1] >= 1
+    or any(levels < 1 for _, levels in schedule)
+    or schedule[-1][1] != config.levels
+  ):
     raise ValueError(
-        f'levels_schedule={text!r} must read "fraction:L,fraction:L,..." with fractions rising '
-        f'from 0 to below 1, integer L >= 1, and end with levels={config.levels}, the L the '
-        "trained model keeps (e.g. '0:32,0.6:4').")
+      f'levels_schedule={text!r} must read "fraction:L,fraction:L,..." with fractions rising '
+      f'from 0 to below 1, integer L >= 1, and end with levels={config.levels}, the L the '
+      "trained model keeps (e.g. '0:32,0.6:4')."
+    )
   return schedule
 
 
@@ -128,8 +149,9 @@ def levels_at(schedule: list[tuple[float, int]], step: int, total_steps: int) ->
   return [levels for fraction, levels in schedule if step >= int(fraction * total_steps)][-1]
 
 
-def data_driven_thresholds(model: nn.Module, variables: dict, images: jax.Array,
-                           percentile: float) -> dict:
+def data_driven_thresholds(
+  model: nn.Module, variables: dict, images: jax.Array, percentile: float
+) -> dict:
   """Every QCFS threshold set to a percentile of its layer's input, layer by layer.
 
   One forward pass in training mode (batch statistics) over `images`: each activation layer,
@@ -152,8 +174,9 @@ def data_driven_thresholds(model: nn.Module, variables: dict, images: jax.Array,
 
   def forward(variables, images):
     with nn.intercept_methods(choose):
-      model.apply(variables, images, train=True, mutable=['batch_stats'],
-                  rngs={'dropout': jax.random.key(0)})
+      model.apply(
+        variables, images, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)}
+      )
     return chosen
 
   thresholds = jax.jit(forward)(variables, images)
@@ -168,12 +191,22 @@ def _normalise_on_device(images: jax.Array, mean, std) -> jax.Array:
 
 
 def _cast_floats(tree, dtype):
-  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                      tree)
+  return jax.tree.map(
+    lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+  )
 
 
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array, dropout_key: jax.Array,
-               *, mean, std, label_smoothing: float = 0.0, compute_dtype=None):
+def train_step(
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  dropout_key: jax.Array,
+  *,
+  mean,
+  std,
+  label_smoothing: float = 0.0,
+  compute_dtype=None,
+):
   """One SGD step on uint8 images; returns the new state and the step's loss and accuracy.
 
   With `compute_dtype` (bfloat16 for `config.half_precision`) the forward and backward pass run
@@ -188,18 +221,24 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, dropout_
     inputs = x
     if compute_dtype is not None:
       params, inputs = _cast_floats(params, compute_dtype), x.astype(compute_dtype)
-    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                     inputs, train=True, mutable=['batch_stats'],
-                                     rngs={'dropout': key})
+    logits, updates = state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats},
+      inputs,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': key},
+    )
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if label_smoothing:
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
-                                    label_smoothing)
+      targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing
+      )
       loss = optax.softmax_cross_entropy(logits, targets).mean()
     else:
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                               updates.get('batch_stats', {}), state.batch_stats)
+    batch_stats = jax.tree.map(
+      lambda new, old: new.astype(old.dtype), updates.get('batch_stats', {}), state.batch_stats
+    )
     return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -222,8 +261,9 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
   step = _jitted_eval_step(apply_fn, tuple(config.mean), tuple(config.std))
   replicated = parallel.replicate(variables, mesh)
   correct = 0
-  batches = data.eval_batches(split, batch_size, EvalTransform.from_config(config),
-                              threads=data.pipeline_threads(config))
+  batches = data.eval_batches(
+    split, batch_size, EvalTransform.from_config(config), threads=data.pipeline_threads(config)
+  )
   for images, labels, real in batches:
     batch_correct = step(replicated, *parallel.shard_batch(mesh, images, labels, real))
     correct = jax.block_until_ready(correct) + batch_correct  # one batch ahead, as in training
@@ -233,8 +273,12 @@ def evaluate(variables, split: data.Split, *, apply_fn, config, mesh) -> float:
 @functools.cache
 def _jitted_train_step(mean, std, label_smoothing, compute_dtype):
   """One compiled step per normalisation, smoothing and precision: runs in one process share it."""
-  return xla.jit(functools.partial(train_step, mean=mean, std=std, label_smoothing=label_smoothing,
-                                   compute_dtype=compute_dtype), donate_argnums=0)
+  return xla.jit(
+    functools.partial(
+      train_step, mean=mean, std=std, label_smoothing=label_smoothing, compute_dtype=compute_dtype
+    ),
+    donate_argnums=0,
+  )
 
 
 @functools.cache
@@ -261,10 +305,12 @@ class _MetricsLog:
           records.append((line, json.loads(line)))
         except json.JSONDecodeError as error:
           if number < len(lines):
-            raise ValueError(f'{path}, line {number}, is not JSON ({error}): repair or remove '
-                             'that line to resume.') from error
-          print(f'Dropped the torn last line of {path} (a write interrupted): {line[:80]!r}',
-                flush=True)
+            raise ValueError(
+              f'{path}, line {number}, is not JSON ({error}): repair or remove that line to resume.'
+            ) from error
+          print(
+            f'Dropped the torn last line of {path} (a write interrupted): {line[:80]!r}', flush=True
+          )
       kept = [line for line, record in records if record.get('step', 0) <= resumed_step]
       path.write_text(''.join(line + '\n' for line in kept))
 
@@ -279,8 +325,9 @@ def _raise_on_non_finite(history: list[tuple[int, dict]]) -> None:
   for step, metrics in history:
     if not math.isfinite(metrics['loss']):
       raise NonFiniteLossError(
-          f'The training loss is {metrics["loss"]} at step {step}: lower the learning rate, '
-          'check the data normalisation, or resume from the last checkpoint with other settings.')
+        f'The training loss is {metrics["loss"]} at step {step}: lower the learning rate, '
+        'check the data normalisation, or resume from the last checkpoint with other settings.'
+      )
 
 
 def _format_eta(seconds: float) -> str:
@@ -294,23 +341,32 @@ def restore_variables(config: ml_collections.ConfigDict, workdir) -> tuple[nn.Mo
   state = jax.eval_shape(lambda: create_train_state(config, model, 1, jax.random.key(0)))
   state, _, _ = workdir_lib.restore_newest_whole(checkpoint_dir, state)
   if state is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir}: train first with '
-                            f'python train.py --config=... --workdir={workdir}.')
+    raise FileNotFoundError(
+      f'No checkpoint in {checkpoint_dir}: train first with '
+      f'python train.py --config=... --workdir={workdir}.'
+    )
   return model, {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def _thresholds_from_data(config, model, state: TrainState, split: data.Split) -> dict:
   """`data_driven_thresholds` on a fixed random subset of the (unaugmented) training images."""
-  images, _ = data.examples(data.subset(split, config.threshold_init_examples),
-                            EvalTransform.from_config(config))
+  images, _ = data.examples(
+    data.subset(split, config.threshold_init_examples), EvalTransform.from_config(config)
+  )
   params = data_driven_thresholds(
-      model, {'params': state.params, 'batch_stats': state.batch_stats},
-      _normalise_on_device(jnp.asarray(images), tuple(config.mean), tuple(config.std)),
-      config.threshold_percentile)
-  chosen = [float(t) for path, t in traverse_util.flatten_dict(params).items()
-            if path[-1] == 'threshold']
-  print(f'Thresholds set to the {config.threshold_percentile}th percentile of their inputs on '
-        f'{len(images)} training images: {min(chosen):.3g} to {max(chosen):.3g}.', flush=True)
+    model,
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    _normalise_on_device(jnp.asarray(images), tuple(config.mean), tuple(config.std)),
+    config.threshold_percentile,
+  )
+  chosen = [
+    float(t) for path, t in traverse_util.flatten_dict(params).items() if path[-1] == 'threshold'
+  ]
+  print(
+    f'Thresholds set to the {config.threshold_percentile}th percentile of their inputs on '
+    f'{len(images)} training images: {min(chosen):.3g} to {max(chosen):.3g}.',
+    flush=True,
+  )
   return params
 
 
@@ -335,28 +391,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return _train_and_evaluate(config, workdir, l_schedule)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
-                        l_schedule: list[tuple[float, int]]) -> TrainState:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: Path, l_schedule: list[tuple[float, int]]
+) -> TrainState:
   """train_and_evaluate with a checked config and L schedule, in a workdir this process holds."""
   dataset = data.load(config)
   if dataset.num_classes != config.num_classes:
-    raise ValueError(f'The data set has {dataset.num_classes} classes but the config says '
-                     f'num_classes={config.num_classes}.')
+    raise ValueError(
+      f'The data set has {dataset.num_classes} classes but the config says '
+      f'num_classes={config.num_classes}.'
+    )
   parallel.check_divisible(config.batch_size, 'batch_size')
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f'batch_size={config.batch_size} is larger than the training set '
-                     f'({len(dataset.train)} examples): lower --config.batch_size.')
+    raise ValueError(
+      f'batch_size={config.batch_size} is larger than the training set '
+      f'({len(dataset.train)} examples): lower --config.batch_size.'
+    )
   total_steps = config.num_epochs * steps_per_epoch
   model = create_model(config)
   state = create_train_state(config, model, steps_per_epoch, jax.random.key(config.seed))
 
   restored, start_step, damaged = workdir_lib.restore_newest_whole(
-      workdir / 'checkpoints', jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+    workdir / 'checkpoints', jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  )
   workdir_lib.set_aside(workdir / 'checkpoints', damaged)
   checkpoints = ocp.CheckpointManager(
-      workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  )
   if restored is not None:
     state = restored
     print(f'Resumed from the checkpoint at step {start_step} in {workdir}.', flush=True)
@@ -369,16 +431,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
 
   mesh = parallel.data_mesh()
   state = parallel.replicate(state, mesh)
-  step_fn = _jitted_train_step(tuple(config.mean), tuple(config.std),
-                               config.get('label_smoothing', 0.0),
-                               jnp.bfloat16 if config.get('half_precision', False) else None)
+  step_fn = _jitted_train_step(
+    tuple(config.mean),
+    tuple(config.std),
+    config.get('label_smoothing', 0.0),
+    jnp.bfloat16 if config.get('half_precision', False) else None,
+  )
   dropout_key = jax.random.key(config.seed + 1)
   _, schedule = create_optimizer(config, steps_per_epoch)
-  batches = data.train_batches(dataset.train, batch_size=config.batch_size, seed=config.seed,
-                               start_step=start_step, num_steps=total_steps,
-                               transform=TrainTransform.from_config(config),
-                               threads=data.pipeline_threads(config),
-                               workers=config.get('data_workers', 0))
+  batches = data.train_batches(
+    dataset.train,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    num_steps=total_steps,
+    transform=TrainTransform.from_config(config),
+    threads=data.pipeline_threads(config),
+    workers=config.get('data_workers', 0),
+  )
   history, window_start = [], time.time()
   try:  # closing waits for a save in flight, on Ctrl-C or an error too, then lets go
     for step in range(start_step, total_steps):
@@ -403,19 +473,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[0][1]}
         epoch = done / steps_per_epoch
         eta = _format_eta((total_steps - done) * config.batch_size / rate)
-        print(f'step {done}/{total_steps} epoch {epoch:.2f} loss {mean["loss"]:.4f} '
-              f'accuracy {mean["accuracy"]:.4f} lr {float(schedule(done)):.5f} '
-              f'{rate:.0f} images/s ETA {eta}', flush=True)
+        print(
+          f'step {done}/{total_steps} epoch {epoch:.2f} loss {mean["loss"]:.4f} '
+          f'accuracy {mean["accuracy"]:.4f} lr {float(schedule(done)):.5f} '
+          f'{rate:.0f} images/s ETA {eta}',
+          flush=True,
+        )
         metrics_log.write(step=done, epoch=epoch, images_per_second=rate, **mean)
         history, window_start = [], time.time()
       end_of_epoch = done % steps_per_epoch == 0
       if done % config.checkpoint_every_steps == 0 or end_of_epoch or done == total_steps:
-        checkpoints.save(done, args=ocp.args.StandardSave(state),
-                         custom_metadata={'state_sha256': workdir_lib.state_digest(state)})
+        checkpoints.save(
+          done,
+          args=ocp.args.StandardSave(state),
+          custom_metadata={'state_sha256': workdir_lib.state_digest(state)},
+        )
       eval_every = config.get('eval_every_epochs', 0)
       if end_of_epoch and eval_every and (done // steps_per_epoch) % eval_every == 0:
-        accuracy = evaluate({'params': state.params, 'batch_stats': state.batch_stats},
-                            dataset.test, apply_fn=model.apply, config=config, mesh=mesh)
+        accuracy = evaluate(
+          {'params': state.params, 'batch_stats': state.batch_stats},
+          dataset.test,
+          apply_fn=model.apply,
+          config=config,
+          mesh=mesh,
+        )
         print(f'epoch {done // steps_per_epoch} test accuracy {accuracy:.4f}', flush=True)
         metrics_log.write(step=done, epoch=done // steps_per_epoch, test_accuracy=accuracy)
   finally:
@@ -430,8 +511,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
   return state
 
 
-def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
-                       torch_checkpoint: str | None = None) -> dict:
+def convert_and_report(
+  workdir, config: ml_collections.ConfigDict | None = None, torch_checkpoint: str | None = None
+) -> dict:
   """convert.py: the report of a run's checkpoint, or of an imported PyTorch checkpoint."""
   workdir = Path(workdir).expanduser()
   if config is None:
@@ -445,10 +527,16 @@ def convert_and_report(workdir, config: ml_collections.ConfigDict | None = None,
   if torch_checkpoint:
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = torch_import.load_torch_checkpoint(
-        torch_checkpoint, arch=config.arch, num_classes=config.num_classes, L=config.levels,
-        imagenet=config.get('imagenet', False), input_shape=tuple(config.input_shape),
-        **config.get('model_kwargs', {}))
+      torch_checkpoint,
+      arch=config.arch,
+      num_classes=config.num_classes,
+      L=config.levels,
+      imagenet=config.get('imagenet', False),
+      input_shape=tuple(config.input_shape),
+      **config.get('model_kwargs', {}),
+    )
   else:
     model, variables = restore_variables(config, workdir)
-  return conversion_report.run(config, workdir, model, variables,
-                               data.load(config, preload=False).test)
+  return conversion_report.run(
+    config, workdir, model, variables, data.load(config, preload=False).test
+  )

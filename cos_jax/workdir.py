@@ -22,9 +22,17 @@ from flax import traverse_util
 # Fields a resumed run may change: where the data lie, how often it logs, saves and evaluates,
 # and everything the conversion report after training reads. Any other change would make one
 # run out of two configs.
-RESUMABLE_CHANGES = ('data_dir', 'data_threads', 'data_workers', 'preload_images',
-                     'log_every_steps', 'checkpoint_every_steps', 'eval_every_epochs',
-                     'eval_batch_size', 'conversion')
+RESUMABLE_CHANGES = (
+  'data_dir',
+  'data_threads',
+  'data_workers',
+  'preload_images',
+  'log_every_steps',
+  'checkpoint_every_steps',
+  'eval_every_epochs',
+  'eval_batch_size',
+  'conversion',
+)
 
 
 @contextlib.contextmanager
@@ -62,8 +70,9 @@ def exclusive(workdir: Path):
       lock.seek(0)
       holder = lock.read().strip() or 'unknown'
       raise WorkdirBusyError(
-          f'{workdir} is in use by another process (pid {holder}): wait for it to finish, stop '
-          'it, or give this run another --workdir.') from error
+        f'{workdir} is in use by another process (pid {holder}): wait for it to finish, stop '
+        'it, or give this run another --workdir.'
+      ) from error
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
@@ -86,8 +95,9 @@ def check_resumed_config(workdir: Path, config) -> None:
   changed = _changed_fields(workdir, config, RESUMABLE_CHANGES)
   if changed:
     raise ValueError(
-        f'{workdir} holds a run started with another config ({changed}). Resuming it would mix '
-        'two runs: use another --workdir, or the original settings.')
+      f'{workdir} holds a run started with another config ({changed}). Resuming it would mix '
+      'two runs: use another --workdir, or the original settings.'
+    )
 
 
 def check_conversion_config(workdir: Path, config) -> None:
@@ -97,9 +107,10 @@ def check_conversion_config(workdir: Path, config) -> None:
   changed = _changed_fields(workdir, config, RESUMABLE_CHANGES + ('data_source',))
   if changed:
     raise ValueError(
-        f'{workdir} holds a run trained with another config ({changed}): its checkpoint does '
-        'not fit this one. Leave out --config to use the run\'s own config.json, or pass the '
-        'config and the --config.x overrides it was trained with.')
+      f'{workdir} holds a run trained with another config ({changed}): its checkpoint does '
+      "not fit this one. Leave out --config to use the run's own config.json, or pass the "
+      'config and the --config.x overrides it was trained with.'
+    )
 
 
 def _changed_fields(workdir: Path, config, may_change: tuple[str, ...]) -> str:
@@ -110,14 +121,20 @@ def _changed_fields(workdir: Path, config, may_change: tuple[str, ...]) -> str:
     return ''
   stored = _flat(json.loads(path.read_text()))
   given = _flat(json.loads(config.to_json_best_effort()))
-  changed = sorted(key for key in stored.keys() & given.keys()
-                   if stored[key] != given[key] and key.split('.')[0] not in may_change)
+  changed = sorted(
+    key
+    for key in stored.keys() & given.keys()
+    if stored[key] != given[key] and key.split('.')[0] not in may_change
+  )
   return '; '.join(f'{key}: {stored[key]!r} in the run, {given[key]!r} now' for key in changed)
 
 
 def _all_finite(tree) -> bool:
-  return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(tree)
-             if np.issubdtype(np.asarray(leaf).dtype, np.inexact))
+  return all(
+    np.isfinite(np.asarray(leaf)).all()
+    for leaf in jax.tree.leaves(tree)
+    if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
+  )
 
 
 def state_digest(state) -> str:
@@ -171,8 +188,9 @@ def restore_newest_whole(directory: Path, abstract_state):
       skipped.append((step, f'{type(error).__name__}: {str(error)[:200]}'))
       continue
     if saved_digest is not None and state_digest(state) != saved_digest:
-      skipped.append((step, 'its contents differ from what was saved (checksum mismatch: '
-                            'corrupted on disk)'))
+      skipped.append(
+        (step, 'its contents differ from what was saved (checksum mismatch: corrupted on disk)')
+      )
       continue
     if not _all_finite(state):
       skipped.append((step, 'it holds NaN or infinite values'))
@@ -181,9 +199,11 @@ def restore_newest_whole(directory: Path, abstract_state):
       print(f'Skipped the damaged checkpoint of step {bad_step}: {reason}', flush=True)
     return state, step, [bad_step for bad_step, _ in skipped]
   if steps:
-    raise RuntimeError(f'No checkpoint in {directory} restores: '
-                       + ' | '.join(f'step {step}: {reason}' for step, reason in skipped)
-                       + '. Move the checkpoints folder away to start over.')
+    raise RuntimeError(
+      f'No checkpoint in {directory} restores: '
+      + ' | '.join(f'step {step}: {reason}' for step, reason in skipped)
+      + '. Move the checkpoints folder away to start over.'
+    )
   return None, 0, []
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 CPU_COMPILER_OPTIONS = {
-    'xla_cpu_experimental_ynn_fusion_type': '',  # no YNNPACK fusions: XLA's own CPU kernels
+  'xla_cpu_experimental_ynn_fusion_type': '',  # no YNNPACK fusions: XLA's own CPU kernels
 }
 
 
@@ -26,11 +26,13 @@ def compiler_options() -> dict[str, str] | None:
   if jax.default_backend() != 'cpu':
     return None
   try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(
-        jnp.zeros(())).compile()
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.zeros(())).compile()
   except jax.errors.JaxRuntimeError as error:
-    warnings.warn(f'This XLA rejects cos_jax\'s CPU compile options ({error}); compiling '
-                  'without them, which may be slower.', stacklevel=2)
+    warnings.warn(
+      f"This XLA rejects cos_jax's CPU compile options ({error}); compiling "
+      'without them, which may be slower.',
+      stacklevel=2,
+    )
     return None
   return CPU_COMPILER_OPTIONS
 

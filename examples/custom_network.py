@@ -23,6 +23,7 @@ class SeparableDigitsNet(nn.Module):
   running statistics, average pooling, the addition), and every nonlinearity is a
   `cos_jax.Activation` receiving `self.spiking`: that is all `cos_jax.convert` needs.
   """
+
   num_classes: int
   levels: int
   width: int = 16
@@ -34,8 +35,9 @@ class SeparableDigitsNet(nn.Module):
     act = lambda name: cos_jax.Activation(self.levels, self.spiking, name=name)
     norm = lambda name: nn.BatchNorm(use_running_average=not train, name=name)
     x = act('stem_act')(norm('stem_bn')(nn.Conv(self.width, (3, 3), name='stem_conv')(x)))
-    y = nn.Conv(self.width, (3, 3), feature_group_count=self.width, use_bias=False,
-                name='depthwise')(x)
+    y = nn.Conv(
+      self.width, (3, 3), feature_group_count=self.width, use_bias=False, name='depthwise'
+    )(x)
     y = act('depthwise_act')(norm('depthwise_bn')(y))
     y = norm('pointwise_bn')(nn.Conv(self.width, (1, 1), use_bias=False, name='pointwise')(y))
     x = act('block_act')(x + y)
@@ -56,8 +58,11 @@ def get_config():
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', default='workdirs/custom_network',
-                      help='folder for the run and its report (an existing run resumes)')
+  parser.add_argument(
+    '--workdir',
+    default='workdirs/custom_network',
+    help='folder for the run and its report (an existing run resumes)',
+  )
   training.train_and_evaluate(get_config(), parser.parse_args().workdir)  # prints the table
 
 

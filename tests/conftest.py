@@ -28,10 +28,16 @@ def tiny_net():
 
 @pytest.fixture(scope='session')
 def tiny_resnet():
-  model = cos_jax.models.ResNet(num_classes=3, levels=2, stage_sizes=(1, 1), widths=(4, 8),
-                                strides=(1, 2), stem_width=4, input_shape=(8, 8, 2))
-  return Net(model, reference.dyadic_variables(model, 2), reference.tiny_resnet,
-             {'model': model})
+  model = cos_jax.models.ResNet(
+    num_classes=3,
+    levels=2,
+    stage_sizes=(1, 1),
+    widths=(4, 8),
+    strides=(1, 2),
+    stem_width=4,
+    input_shape=(8, 8, 2),
+  )
+  return Net(model, reference.dyadic_variables(model, 2), reference.tiny_resnet, {'model': model})
 
 
 @pytest.fixture(scope='session', params=['tiny_net', 'tiny_resnet'])

@@ -17,6 +17,7 @@ def flatten(x: jax.Array) -> jax.Array:
 class VGG11Like(nn.Module):
   """VGG-11's shape (1, 1, 2, 2, 2 convolutions per stage, five poolings, two hidden dense
   layers), narrow: plain Flax layers with cos_jax activations."""
+
   num_classes: int
   levels: int
   widths: Sequence[int] = (4, 8, 8, 8, 8)
@@ -44,6 +45,7 @@ class SeparableNet(nn.Module):
   """A stem, then two branches joined by a concatenation: a 1x1 convolution, and a depthwise
   3x3 convolution followed by a pointwise one; then average pooling, a residual scaled by 1/2,
   the mean over positions and a dense head."""
+
   num_classes: int
   levels: int
   width: int = 4
@@ -53,8 +55,14 @@ class SeparableNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     def conv_bn_act(x, features, kernel, name, groups=1):
-      x = nn.Conv(features, kernel, padding='SAME', feature_group_count=groups, use_bias=False,
-                  name=f'{name}_conv')(x)
+      x = nn.Conv(
+        features,
+        kernel,
+        padding='SAME',
+        feature_group_count=groups,
+        use_bias=False,
+        name=f'{name}_conv',
+      )(x)
       x = nn.BatchNorm(use_running_average=not train, name=f'{name}_bn')(x)
       return cos_jax.Activation(self.levels, self.spiking, name=f'{name}_act')(x)
 

@@ -54,6 +54,7 @@ def dyadic_images(shape, seed: int) -> np.ndarray:
 
 # ---- linear layers -------------------------------------------------------------------------
 
+
 def conv(x, layer, stride=1, padding=None, groups=1):
   """x [N, H, W, C] with a Flax conv's params (HWIO kernel, I = C / groups)."""
   kernel = np.asarray(layer['kernel'], F32)
@@ -65,11 +66,15 @@ def conv(x, layer, stride=1, padding=None, groups=1):
   group_in, group_out = kernel.shape[2], kernel.shape[3] // groups
   out = np.zeros((x.shape[0], ho, wo, kernel.shape[3]), F32)
   for g in range(groups):
-    inputs, outputs = slice(g * group_in, (g + 1) * group_in), slice(g * group_out,
-                                                                    (g + 1) * group_out)
+    inputs, outputs = (
+      slice(g * group_in, (g + 1) * group_in),
+      slice(g * group_out, (g + 1) * group_out),
+    )
     for dy in range(kh):
       for dx in range(kw):
-        patch = x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+        patch = x[
+          :, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride
+        ]
         out[..., outputs] += patch[..., inputs] @ kernel[dy, dx][:, outputs]
   if 'bias' in layer:
     out += np.asarray(layer['bias'], F32)
@@ -77,8 +82,9 @@ def conv(x, layer, stride=1, padding=None, groups=1):
 
 
 def batch_norm(x, params, stats):
-  mul = F32(1) / np.sqrt(np.asarray(stats['var'], F32) + BN_EPSILON) * np.asarray(
-      params['scale'], F32)
+  mul = (
+    F32(1) / np.sqrt(np.asarray(stats['var'], F32) + BN_EPSILON) * np.asarray(params['scale'], F32)
+  )
   return (x - np.asarray(stats['mean'], F32)) * mul + np.asarray(params['bias'], F32)
 
 
@@ -92,6 +98,7 @@ def dense(x, layer):
 
 
 # ---- activations -----------------------------------------------------------------------------
+
 
 def qcfs(z, threshold, levels):
   """The ANN activation, per SPEC section 1."""
@@ -115,8 +122,11 @@ def cos_shift(v0, currents):
   r = v
   too_many = (r < 0) & (count >= 1)
   too_few = r >= 1
-  return np.where(too_many, -np.maximum(a - F32(0.999), F32(1)),
-                  np.where(too_few, np.maximum(F32(1.001) - b, F32(1)), F32(0))).astype(F32)
+  return np.where(
+    too_many,
+    -np.maximum(a - F32(0.999), F32(1)),
+    np.where(too_few, np.maximum(F32(1.001) - b, F32(1)), F32(0)),
+  ).astype(F32)
 
 
 class Simulation:
@@ -134,7 +144,7 @@ class Simulation:
     if self.given_shifts is not None:
       shift = self.given_shifts[name]
     for _ in range(self.rounds if self.rho else 0):
-      shift = (shift + cos_shift(F32(0.5) + shift, x[:self.rho])).astype(F32)
+      shift = (shift + cos_shift(F32(0.5) + shift, x[: self.rho])).astype(F32)
     self.shifts[name] = shift
     v = F32(0.5) + shift
     outputs = np.zeros_like(x)
@@ -170,8 +180,9 @@ def _conv_bn(conv_params, bn_params, bn_stats, stride=1, padding=None):
 def tiny_resnet(variables, images, act, model):
   """A ResNet of BasicBlocks (CIFAR stem) with `act(name, x)` as in `tiny_net`."""
   p, s = variables['params'], variables['batch_stats']
-  x = _over_time(lambda y: batch_norm(conv(y, p['stem_conv']), p['stem_bn'], s['stem_bn']),
-                 images[None])
+  x = _over_time(
+    lambda y: batch_norm(conv(y, p['stem_conv']), p['stem_bn'], s['stem_bn']), images[None]
+  )
   x = act('stem_act', x)
   for stage, (size, stride) in enumerate(zip(model.stage_sizes, model.strides, strict=True)):
     for block in range(size):
@@ -184,7 +195,8 @@ def tiny_resnet(variables, images, act, model):
       shortcut = x
       if 'shortcut_conv' in bp:
         shortcut = _over_time(
-            _conv_bn(bp['shortcut_conv'], bp['shortcut_bn'], bs['shortcut_bn'], step, 0), x)
+          _conv_bn(bp['shortcut_conv'], bp['shortcut_bn'], bs['shortcut_bn'], step, 0), x
+        )
       x = act(f'{name}/act_out', y + np.broadcast_to(shortcut, y.shape))
   x = x.mean(axis=(2, 3), dtype=F32)
   return _over_time(lambda y: dense(y, p['head']), x)
@@ -197,8 +209,9 @@ def vgg11_like(variables, images, act):
   for stage, convs in enumerate((1, 1, 2, 2, 2)):
     for index in range(convs):
       name = f'{stage}_{index}'
-      x = act(f'act{name}', _over_time(_conv_bn(p[f'conv{name}'], p[f'bn{name}'],
-                                                s[f'bn{name}']), x))
+      x = act(
+        f'act{name}', _over_time(_conv_bn(p[f'conv{name}'], p[f'bn{name}'], s[f'bn{name}']), x)
+      )
     x = _over_time(avg_pool, x)
   x = x.reshape(x.shape[:2] + (-1,))
   for index in (1, 2):
@@ -211,8 +224,9 @@ def separable_net(variables, images, act):
   p, s = variables['params'], variables['batch_stats']
 
   def conv_bn_act(x, name, groups=1):
-    conv_bn = lambda y: batch_norm(conv(y, p[f'{name}_conv'], groups=groups), p[f'{name}_bn'],
-                                   s[f'{name}_bn'])
+    conv_bn = lambda y: batch_norm(
+      conv(y, p[f'{name}_conv'], groups=groups), p[f'{name}_bn'], s[f'{name}_bn']
+    )
     return act(f'{name}_act', _over_time(conv_bn, x))
 
   x = conv_bn_act(images[None], 'stem')
@@ -227,8 +241,11 @@ def separable_net(variables, images, act):
 
 def flat_thresholds(params) -> dict:
   """{'layer/path': {'threshold': value}} for every activation layer."""
-  return {'/'.join(path[:-1]): {'threshold': value}
-          for path, value in traverse_util.flatten_dict(params).items() if path[-1] == 'threshold'}
+  return {
+    '/'.join(path[:-1]): {'threshold': value}
+    for path, value in traverse_util.flatten_dict(params).items()
+    if path[-1] == 'threshold'
+  }
 
 
 def ann_logits(network, variables, images, levels, **kwargs):

@@ -31,16 +31,18 @@ def _op(image, name, level, sign=0.0) -> np.ndarray:
 def test_shear_is_bicubic_with_grey_fill():
   image = _gradient()
   shear = np.linspace(0, 0.3, 10)[9]
-  expected = image.transform(image.size, Image.AFFINE, (1, shear, 0, 0, 1, 0), Image.BICUBIC,
-                             fillcolor=(GREY,) * 3)
+  expected = image.transform(
+    image.size, Image.AFFINE, (1, shear, 0, 0, 1, 0), Image.BICUBIC, fillcolor=(GREY,) * 3
+  )
   got = _op(image, 'ShearX', 9)
   np.testing.assert_array_equal(got, np.asarray(expected))
   assert (got[-1, -3:] == GREY).all()  # the uncovered corner is grey, not black
   nearest = image.transform(image.size, Image.AFFINE, (1, shear, 0, 0, 1, 0), Image.NEAREST)
   assert (got != np.asarray(nearest)).any()  # and the resampling is not nearest
   flipped = _op(image, 'ShearY', 9, sign=0.9)
-  expected_y = image.transform(image.size, Image.AFFINE, (1, 0, 0, -shear, 1, 0), Image.BICUBIC,
-                               fillcolor=(GREY,) * 3)
+  expected_y = image.transform(
+    image.size, Image.AFFINE, (1, 0, 0, -shear, 1, 0), Image.BICUBIC, fillcolor=(GREY,) * 3
+  )
   np.testing.assert_array_equal(flipped, np.asarray(expected_y))
 
 
@@ -60,8 +62,9 @@ def test_rotation_is_counter_clockwise_only_with_grey_corners():
   image = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
   for sign in (0.0, 0.9):  # the generator's sign draw is ignored
     got = _op(image, 'Rotate', 9, sign)
-    np.testing.assert_array_equal(got, np.asarray(image.rotate(30.0, Image.NEAREST,
-                                                               fillcolor=(GREY,) * 3)))
+    np.testing.assert_array_equal(
+      got, np.asarray(image.rotate(30.0, Image.NEAREST, fillcolor=(GREY,) * 3))
+    )
     assert got[0, 0].tolist() == [GREY] * 3 and got[8, 8].tolist() == [200] * 3
 
 
@@ -76,8 +79,10 @@ def test_solarize_thresholds_run_from_256_to_0(level, threshold):
 def test_posterize_bits_run_from_8_to_4():
   image = Image.fromarray(np.full((2, 2, 3), 0b10111111, np.uint8))
   bits = [int(_op(image, 'Posterize', level)[0, 0, 0]) for level in range(10)]
-  assert bits == [0b10111111] * 2 + [0b10111110] * 2 + [0b10111100] * 2 + [0b10111000] * 2 + [
-      0b10110000] * 2
+  assert (
+    bits
+    == [0b10111111] * 2 + [0b10111110] * 2 + [0b10111100] * 2 + [0b10111000] * 2 + [0b10110000] * 2
+  )
 
 
 def _histogram_cases() -> list[np.ndarray]:
@@ -91,28 +96,40 @@ def _histogram_cases() -> list[np.ndarray]:
   cases += [np.full((8, 8, 3), value, np.uint8) for value in (0, 9, 255)]
   cases += [rng.integers(100, 102, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
   cases += [(rng.random((32, 32, 3)) ** power * 255).astype(np.uint8) for power in (2, 8, 30)]
-  cases += [np.dstack([np.full((8, 8), 5, np.uint8), rng.integers(0, 256, (8, 8), np.uint8),
-                       np.eye(8, dtype=np.uint8) * 200])]
+  cases += [
+    np.dstack(
+      [
+        np.full((8, 8), 5, np.uint8),
+        rng.integers(0, 256, (8, 8), np.uint8),
+        np.eye(8, dtype=np.uint8) * 200,
+      ]
+    )
+  ]
   cases += [one_at_max, rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)]
   return cases
 
 
-@pytest.mark.parametrize('name,level,pil_op', [
+@pytest.mark.parametrize(
+  'name,level,pil_op',
+  [
     ('AutoContrast', 0, ImageOps.autocontrast),
     ('Equalize', 0, ImageOps.equalize),
     ('Invert', 0, ImageOps.invert),
     ('Solarize', 2, lambda image: ImageOps.solarize(image, np.linspace(256, 0, 10)[2])),
     ('Posterize', 7, lambda image: ImageOps.posterize(image, 5)),
-])
+  ],
+)
 def test_table_operations_equal_pils(name, level, pil_op):
   for image in _histogram_cases():
-    expected = np.asarray(pil_op(Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1
-                                                 else image)))
+    expected = np.asarray(
+      pil_op(Image.fromarray(np.squeeze(image, -1) if image.shape[-1] == 1 else image))
+    )
     np.testing.assert_array_equal(_op(image, name, level), expected.reshape(image.shape))
 
 
-@pytest.mark.parametrize('name', sorted({op for policy in augment.CIFAR10_POLICY
-                                         for op, _, _ in policy}))
+@pytest.mark.parametrize(
+  'name', sorted({op for policy in augment.CIFAR10_POLICY for op, _, _ in policy})
+)
 def test_every_operation_keeps_grayscale_images_grayscale(name):
   image = np.random.default_rng(2).integers(0, 256, (12, 12, 1), dtype=np.uint8)
   got = _op(image, name, 9)
@@ -129,10 +146,13 @@ def test_random_resized_crop_boxes_keep_the_reference_bounds():
     assert 3 / 4 - 1 / h <= w / h <= 4 / 3 + 1 / h
 
 
-@pytest.mark.parametrize('height,width,box', [
+@pytest.mark.parametrize(
+  'height,width,box',
+  [
     (2, 100, (0, 48, 2, 3)),  # no draw fits: the centre crop at the widest ratio, 4/3
     (100, 2, (48, 0, 3, 2)),  # and at the narrowest, 3/4 (round(2 / 0.75) = 3)
-])
+  ],
+)
 def test_random_resized_crop_falls_back_to_the_centre_crop(height, width, box):
   assert augment.random_resized_crop_box(height, width, np.random.default_rng(0)) == box
 
@@ -140,23 +160,25 @@ def test_random_resized_crop_falls_back_to_the_centre_crop(height, width, box):
 def test_random_resized_crop_resizes_its_box_bilinearly():
   image = np.asarray(_gradient(40, 50))
   top, left, h, w = augment.random_resized_crop_box(40, 50, np.random.default_rng(5))
-  expected = Image.fromarray(image[top:top + h, left:left + w]).resize((24, 24), Image.BILINEAR)
+  expected = Image.fromarray(image[top : top + h, left : left + w]).resize((24, 24), Image.BILINEAR)
   got = augment.random_resized_crop(image, 24, np.random.default_rng(5))
   np.testing.assert_array_equal(got, np.asarray(expected))
 
 
-@pytest.mark.parametrize('height,width,resized,corner', [
+@pytest.mark.parametrize(
+  'height,width,resized,corner',
+  [
     (300, 400, (256, 341), (16, 58)),  # round(58.5) = 58, as torchvision's int(round(.))
     (400, 300, (341, 256), (58, 16)),
     (256, 256, (256, 256), (16, 16)),
-])
-def test_evaluation_view_resizes_the_shorter_side_and_centre_crops(height, width, resized,
-                                                                   corner):
+  ],
+)
+def test_evaluation_view_resizes_the_shorter_side_and_centre_crops(height, width, resized, corner):
   image = np.random.default_rng(1).integers(0, 256, (height, width, 3)).astype(np.uint8)
   top, left = corner
   expected = np.asarray(Image.fromarray(image).resize(resized[::-1], Image.BILINEAR))
   got = augment.EvalTransform('imagenet', 224, 224)(image)
-  np.testing.assert_array_equal(got, expected[top:top + 224, left:left + 224])
+  np.testing.assert_array_equal(got, expected[top : top + 224, left : left + 224])
 
 
 def test_imagenet_training_view_is_a_resized_crop_and_a_flip():

@@ -20,8 +20,8 @@ from tests.conftest import Net
 BATCH, T, RHO = 3, 3, 2
 
 NETWORKS = {
-    'vgg11_like': (custom_networks.VGG11Like, reference.vgg11_like),
-    'separable': (custom_networks.SeparableNet, reference.separable_net),
+  'vgg11_like': (custom_networks.VGG11Like, reference.vgg11_like),
+  'separable': (custom_networks.SeparableNet, reference.separable_net),
 }
 
 
@@ -35,17 +35,21 @@ def custom_net(request):
 def test_custom_networks_match_the_reference_spike_for_spike(custom_net):
   images = reference.dyadic_images((BATCH,) + custom_net.model.input_shape, 5)
   ann = reference.ann_logits(custom_net.network, custom_net.variables, images, 4)
-  np.testing.assert_array_equal(np.asarray(custom_net.model.apply(custom_net.variables, images)),
-                                ann)
+  np.testing.assert_array_equal(
+    np.asarray(custom_net.model.apply(custom_net.variables, images)), ann
+  )
   plain, _ = reference.snn_logits(custom_net.network, custom_net.variables, images, T)
   np.testing.assert_array_equal(np.asarray(cos_jax.simulate(custom_net.snn, images, T)), plain)
 
-  expected, expected_shifts = reference.snn_logits(custom_net.network, custom_net.variables,
-                                                   images, T, rho=RHO)
+  expected, expected_shifts = reference.snn_logits(
+    custom_net.network, custom_net.variables, images, T, rho=RHO
+  )
   logits, shifts, _ = cos_jax.calibrate_and_simulate(custom_net.snn, images, T, rho=RHO)
   np.testing.assert_array_equal(np.asarray(logits), expected)
-  got = {'/'.join(path[:-1]): np.asarray(value)
-         for path, value in traverse_util.flatten_dict(shifts.values).items()}
+  got = {
+    '/'.join(path[:-1]): np.asarray(value)
+    for path, value in traverse_util.flatten_dict(shifts.values).items()
+  }
   assert set(got) == set(expected_shifts)
   for name, value in expected_shifts.items():
     np.testing.assert_array_equal(got[name], value, err_msg=name)
@@ -65,12 +69,15 @@ def test_a_config_naming_a_custom_network_trains_and_converts(tmp_path):
   assert 'depthwise_conv' in variables['params']
 
 
-@pytest.mark.parametrize('arch,message', [
+@pytest.mark.parametrize(
+  'arch,message',
+  [
     ('tests.custom_networks:Missing', "has no 'Missing'"),
     ('no_such_package.nets:Net', "cannot import 'no_such_package.nets'"),
     ('tests.custom_networks:flatten', 'not a Flax linen Module class'),
     ('vgg11', 'Unknown arch'),
-])
+  ],
+)
 def test_a_bad_arch_name_says_what_is_expected(arch, message):
   with pytest.raises(ValueError, match=message):
     cos_jax.create_model(arch, num_classes=3, levels=4)
@@ -78,6 +85,7 @@ def test_a_bad_arch_name_says_what_is_expected(arch, message):
 
 class _Between(nn.Module):
   """An activation, `operation`, another activation: the smallest place for a bad operation."""
+
   operation: object
   num_classes: int = 3
   levels: int = 4
@@ -99,22 +107,30 @@ def _attention(x):
 
 
 REFUSED = {
-    'max pooling': (lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
-                    ['reduce_window_max', 'average pooling']),
-    'relu': (nn.relu, ['relu (max)', 'cos_jax.Activation']),
-    'sigmoid': (jax.nn.sigmoid, ['logistic', 'pointwise nonlinearity']),
-    'clip': (lambda x: jnp.clip(x, 0.0, 1.0), ['clip (max)', 'clip (min)']),
-    'gating': (lambda x: x * x.mean(axis=-1, keepdims=True), ['mul', 'gating']),
-    'attention': (_attention, ['dot_general', 'attention']),
-    'layer norm': (lambda x: nn.LayerNorm(name='norm')(x), ['rsqrt', '_Between/norm']),
-    'division by activity': (lambda x: x / (1.0 + x.sum()), ['div', 'quotient']),
-    'selection': (lambda x: jnp.where(x > 1.0, x, 0.0), ['select_n', 'control flow']),
-    'cond': (lambda x: jax.lax.cond(x.sum() > 0, lambda y: y, lambda y: 2 * y, x),
-             ['cond', 'control flow']),
-    'unconverted activation': (lambda x: cos_jax.Activation(4, name='plain')(x),
-                               ['_Between/plain', 'stay QCFS', 'self.spiking']),
-    'batch axis flattened': (lambda x: x.reshape(x.shape[0], 8, 8, 4),
-                             ['leading time axis', 'x.reshape(x.shape[:-3] + (-1,))']),
+  'max pooling': (
+    lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
+    ['reduce_window_max', 'average pooling'],
+  ),
+  'relu': (nn.relu, ['relu (max)', 'cos_jax.Activation']),
+  'sigmoid': (jax.nn.sigmoid, ['logistic', 'pointwise nonlinearity']),
+  'clip': (lambda x: jnp.clip(x, 0.0, 1.0), ['clip (max)', 'clip (min)']),
+  'gating': (lambda x: x * x.mean(axis=-1, keepdims=True), ['mul', 'gating']),
+  'attention': (_attention, ['dot_general', 'attention']),
+  'layer norm': (lambda x: nn.LayerNorm(name='norm')(x), ['rsqrt', '_Between/norm']),
+  'division by activity': (lambda x: x / (1.0 + x.sum()), ['div', 'quotient']),
+  'selection': (lambda x: jnp.where(x > 1.0, x, 0.0), ['select_n', 'control flow']),
+  'cond': (
+    lambda x: jax.lax.cond(x.sum() > 0, lambda y: y, lambda y: 2 * y, x),
+    ['cond', 'control flow'],
+  ),
+  'unconverted activation': (
+    lambda x: cos_jax.Activation(4, name='plain')(x),
+    ['_Between/plain', 'stay QCFS', 'self.spiking'],
+  ),
+  'batch axis flattened': (
+    lambda x: x.reshape(x.shape[0], 8, 8, 4),
+    ['leading time axis', 'x.reshape(x.shape[:-3] + (-1,))'],
+  ),
 }
 
 
@@ -131,14 +147,17 @@ def test_convert_refuses_what_if_neurons_cannot_compute_naming_it(case):
     assert 'test_custom_networks.py' in str(error.value)  # the user's source line
 
 
-@pytest.mark.parametrize('operation', [
+@pytest.mark.parametrize(
+  'operation',
+  [
     lambda x: 0.5 * x + 1.0,
     lambda x: jnp.concatenate([x[..., :2], -x[..., 2:]], axis=-1),
     lambda x: jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((1, 1), (1, 1), (0, 0)))[..., 1:-1, 1:-1, :],
     lambda x: nn.Conv(4, (3, 3), feature_group_count=4)(x),
     lambda x: nn.avg_pool(x, (3, 3), padding='SAME'),
     lambda x: jnp.broadcast_to(x.mean(axis=(-3, -2), keepdims=True), x.shape),
-])
+  ],
+)
 def test_linear_operations_between_activations_convert(operation):
   model = _Between(operation)
   cos_jax.convert(model, reference.ones_like_variables(model))
@@ -146,6 +165,7 @@ def test_linear_operations_between_activations_convert(operation):
 
 def test_the_readme_example_network_keeps_the_contract():
   from examples import custom_network  # pylint: disable=import-outside-toplevel
+
   config = custom_network.get_config()
   config_checks.check_config(config)
   model = training.create_model(config)

@@ -24,7 +24,9 @@ def snn(tiny_net):
 GOOD = np.zeros((2, 8, 8, 1), np.float32)
 
 
-@pytest.mark.parametrize('images,message', [
+@pytest.mark.parametrize(
+  'images,message',
+  [
     (np.zeros((8, 8, 1), np.float32), 'rank 4'),
     (np.zeros((2, 8, 8, 3), np.float32), '1 channels'),
     (np.zeros((2, 16, 16, 1), np.float32), 'must be 8x8'),
@@ -32,7 +34,8 @@ GOOD = np.zeros((2, 8, 8, 1), np.float32)
     (np.zeros((2, 8, 8, 1), np.uint8), 'floating point'),
     (np.full((2, 8, 8, 1), np.nan, np.float32), 'NaN or infinite'),
     (np.zeros((0, 8, 8, 1), np.float32), 'empty batch'),
-])
+  ],
+)
 def test_bad_images(snn, images, message):
   with pytest.raises(ValueError, match=message):
     cos_jax.simulate(snn, images, 4)
@@ -40,11 +43,14 @@ def test_bad_images(snn, images, message):
     cos_jax.calibrate(snn, images, rho=2)
 
 
-@pytest.mark.parametrize('kwargs,message', [
+@pytest.mark.parametrize(
+  'kwargs,message',
+  [
     ({'T': 0}, 'T must be an integer >= 1, got 0'),
     ({'T': 2.5}, 'T must be an integer'),
     ({'T': 4, 'chunk': 0}, 'chunk must be'),
-])
+  ],
+)
 def test_bad_steps(snn, kwargs, message):
   with pytest.raises(ValueError, match=message):
     cos_jax.simulate(snn, GOOD, **kwargs)
@@ -69,7 +75,9 @@ def test_shifts_from_another_batch(snn):
     cos_jax.simulate(snn, GOOD, 4, shifts=shifts.values)
 
 
-@pytest.mark.parametrize('kwargs,message', [
+@pytest.mark.parametrize(
+  'kwargs,message',
+  [
     ({'arch': 'vgg11'}, "Unknown arch 'vgg11'.*resnet20"),
     ({'levels': 0}, r'levels \(L\) must be an integer >= 1, got 0'),
     ({'levels': 2.5}, r'levels \(L\) must be an integer >= 1, got 2.5'),
@@ -77,20 +85,26 @@ def test_shifts_from_another_batch(snn):
     ({'input_shape': (32, 32)}, r'input_shape must be \(height, width, channels\)'),
     ({'input_shape': (32, 0, 3)}, r'input_shape must be \(height, width, channels\)'),
     ({'input_shape': (16, 16, 3)}, 'VGG halves its input 5 times.*at least 32'),
-])
+  ],
+)
 def test_create_model_refuses_bad_arguments(kwargs, message):
   kwargs = {'arch': 'vgg16', 'num_classes': 10, 'levels': 4, **kwargs}
   with pytest.raises(ValueError, match=message):
     cos_jax.create_model(kwargs.pop('arch'), **kwargs)
 
 
-@pytest.mark.parametrize('edit,message', [
+@pytest.mark.parametrize(
+  'edit,message',
+  [
     (lambda s: s.replace(rho=0), 'shifts.rho must be an integer >= 1, got 0'),
     (lambda s: s.replace(rounds=-1), 'shifts.rounds must be an integer >= 1, got -1'),
     (lambda s: s.replace(values={}), 'shifts do not fit the model: missing act1/shift'),
-    (lambda s: s.replace(values=jax.tree.map(lambda v: v.at[0].set(jnp.nan), s.values)),
-     'shifts.values/act1/shift holds NaN'),
-])
+    (
+      lambda s: s.replace(values=jax.tree.map(lambda v: v.at[0].set(jnp.nan), s.values)),
+      'shifts.values/act1/shift holds NaN',
+    ),
+  ],
+)
 def test_shifts_edited_by_hand(snn, edit, message):
   shifts = edit(cos_jax.calibrate(snn, GOOD, rho=2))
   with pytest.raises(ValueError, match=message):
@@ -116,14 +130,18 @@ def test_convert_checks_variables(tiny_net):
     cos_jax.convert(listed, tiny_net.variables)
 
 
-@pytest.mark.parametrize('collection,layer,leaf,value,message', [
+@pytest.mark.parametrize(
+  'collection,layer,leaf,value,message',
+  [
     ('params', 'conv1', 'kernel', np.nan, r'params/conv1/kernel has 1 NaN or infinite'),
     ('params', 'act2', 'threshold', np.inf, r'params/act2/threshold has 1 NaN or infinite'),
     ('params', 'act1', 'threshold', 0.0, r'params/act1/threshold \(a QCFS threshold\) is 0.0'),
     ('batch_stats', 'bn2', 'var', -1.0, r'batch_stats/bn2/var \(a BatchNorm variance\) has 1'),
-])
-def test_broken_variables_are_refused_naming_the_leaf(tiny_net, tmp_path, collection, layer,
-                                                      leaf, value, message):
+  ],
+)
+def test_broken_variables_are_refused_naming_the_leaf(
+  tiny_net, tmp_path, collection, layer, leaf, value, message
+):
   broken = jax.tree.map(np.array, tiny_net.variables)
   target = broken[collection][layer][leaf]
   target.reshape(-1)[0] = value
@@ -133,8 +151,10 @@ def test_broken_variables_are_refused_naming_the_leaf(tiny_net, tmp_path, collec
   if layer.startswith('act') or collection == 'batch_stats':
     return
   model = cos_jax.create_model('resnet20', num_classes=10, levels=4)
-  state_dict = {key: np.array(value) for key, value in cos_jax.export_state_dict(
-      model, reference.ones_like_variables(model)).items()}
+  state_dict = {
+    key: np.array(value)
+    for key, value in cos_jax.export_state_dict(model, reference.ones_like_variables(model)).items()
+  }
   state_dict['conv2_x.1.residual_function.3.weight'][0, 0, 0, 0] = value
   np.savez(tmp_path / 'broken.npz', **state_dict)
   with pytest.raises(ValueError, match='stage1_block1/conv2/kernel has 1 NaN'):
@@ -155,11 +175,16 @@ def test_simulation_compiles_once_per_shape(snn):
     cos_jax.snn._simulate_jit.clear_cache()
 
 
-@pytest.mark.parametrize('overrides,message', [
+@pytest.mark.parametrize(
+  'overrides,message',
+  [
     ({'conversion.rhos': (0, 2)}, r'conversion.rhos=\(0, 2\) \(integers >= 1'),
     ({'conversion.max_T': 0}, r'conversion.max_T=0 \(an integer >= 1\)'),
-    ({'conversion.statistics_T': 9}, r'conversion.statistics_T=9 \(an integer from 0 \(off\) to '
-                                      r'max_T=4\)'),
+    (
+      {'conversion.statistics_T': 9},
+      r'conversion.statistics_T=9 \(an integer from 0 \(off\) to '
+      r'max_T=4\)',
+    ),
     ({'conversion.batch_size': 0}, r'conversion.batch_size=0'),
     ({'conversion.num_examples': 0}, r'conversion.num_examples=0 \(-1 for the whole test set'),
     ({'batch_size': 0}, r'batch_size=0 \(an integer >= 1\)'),
@@ -174,7 +199,8 @@ def test_simulation_compiles_once_per_shape(snn):
     ({'data_threads': 0}, r'data_threads=0 \(an integer >= 1\)'),
     ({'data_workers': -1}, r'data_workers=-1 \(an integer >= 0\)'),
     ({'arch': 'nets:Missing'}, r"arch: arch 'nets:Missing': cannot import 'nets'"),
-])
+  ],
+)
 def test_config_errors_come_first_and_name_the_field(tmp_path, overrides, message):
   config = test_config.get_config()
   for field, value in overrides.items():
@@ -195,17 +221,25 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_training(tmp_pat
     training.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-@pytest.mark.parametrize('script,override,hint', [
+@pytest.mark.parametrize(
+  'script,override,hint',
+  [
     ('train.py', '--config.num_epoch=1', 'Did you mean "num_epochs"'),
     ('convert.py', '--config.conversion.max_t=4', 'Did you mean "max_T"'),
-])
-def test_scripts_refuse_an_override_of_a_missing_field_in_one_message(tmp_path, script, override,
-                                                                      hint):
+  ],
+)
+def test_scripts_refuse_an_override_of_a_missing_field_in_one_message(
+  tmp_path, script, override, hint
+):
   result = subprocess.run(
-      [sys.executable, script, '--config=configs/test.py', f'--workdir={tmp_path / "run"}',
-       override], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    [sys.executable, script, '--config=configs/test.py', f'--workdir={tmp_path / "run"}', override],
+    cwd=Path(__file__).parents[1],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 1
-  assert f"{override.split('=')[0]} names a field the config does not have" in result.stderr
+  assert f'{override.split("=")[0]} names a field the config does not have' in result.stderr
   assert hint in result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()

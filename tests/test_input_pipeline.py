@@ -29,10 +29,21 @@ def _imagenet_folder(root) -> None:
 
 def _shrunk_imagenet_config(root):
   config = imagenet.get_config()
-  config.update(data_source='image_folder', data_dir=str(root), test_split='val', arch='tiny',
-                num_classes=3, input_shape=(16, 16, 3), batch_size=6, num_epochs=1,
-                eval_batch_size=6, log_every_steps=1, checkpoint_every_steps=2,
-                eval_every_epochs=0, data_threads=2)
+  config.update(
+    data_source='image_folder',
+    data_dir=str(root),
+    test_split='val',
+    arch='tiny',
+    num_classes=3,
+    input_shape=(16, 16, 3),
+    batch_size=6,
+    num_epochs=1,
+    eval_batch_size=6,
+    log_every_steps=1,
+    checkpoint_every_steps=2,
+    eval_every_epochs=0,
+    data_threads=2,
+  )
   config.conversion.update(batch_size=6, max_T=1, rhos=(1,), statistics_T=1)
   return config
 
@@ -56,14 +67,27 @@ def test_an_imagenet_folder_trains_through_the_imagenet_config(tmp_path):
 def test_tfds_source_reads_through_its_data_source():
   tfds = pytest.importorskip('tensorflow_datasets')
   config = test_config.get_config()
-  config.update(dataset='cifar10', data_source='tfds', num_classes=10, input_shape=(32, 32, 3),
-                mean=(0.5,) * 3, std=(0.25,) * 3)
+  config.update(
+    dataset='cifar10',
+    data_source='tfds',
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+  )
   with tfds.testing.mock_data(num_examples=12):
     dataset = data.load(config)
     assert isinstance(dataset.train, data.TfdsSplit) and dataset.num_classes == 10
-    images, labels = next(data.train_batches(
-        dataset.train, batch_size=4, seed=0, start_step=0, num_steps=3,
-        transform=augment.TrainTransform.from_config(config)))
+    images, labels = next(
+      data.train_batches(
+        dataset.train,
+        batch_size=4,
+        seed=0,
+        start_step=0,
+        num_steps=3,
+        transform=augment.TrainTransform.from_config(config),
+      )
+    )
     assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
     assert labels.shape == (4,) and ((0 <= labels) & (labels < 10)).all()
     image, label = dataset.test[0]

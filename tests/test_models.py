@@ -13,20 +13,22 @@ import cos_jax
 
 def _shapes(model):
   images = jax.ShapeDtypeStruct((2,) + tuple(model.input_shape), jnp.float32)
-  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                             images)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
   logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, images)
   return variables, logits
 
 
 # Weights of the standard CIFAR networks (ResNets as in the COS/QCFS code), plus one threshold
 # per QCFS layer.
-@pytest.mark.parametrize('arch,weights,thresholds', [
+@pytest.mark.parametrize(
+  'arch,weights,thresholds',
+  [
     ('vgg16', 33_646_666, 15),
     ('resnet18', 11_173_962, 17),
     ('resnet20', 272_474, 19),
     ('resnet34', 21_282_122, 33),
-])
+  ],
+)
 def test_cifar_parameter_counts(arch, weights, thresholds):
   variables, logits = _shapes(cos_jax.create_model(arch, num_classes=10, levels=4))
   flat = traverse_util.flatten_dict(variables['params'])
@@ -48,8 +50,9 @@ def test_imagenet_variants(arch):
 
 
 def test_the_torchvision_style_stem_is_an_explicit_option():
-  model = cos_jax.create_model('resnet18', num_classes=10, levels=4, imagenet=True,
-                               imagenet_stem=True)
+  model = cos_jax.create_model(
+    'resnet18', num_classes=10, levels=4, imagenet=True, imagenet_stem=True
+  )
   variables, logits = _shapes(model)
   assert variables['params']['stem_conv']['kernel'].shape == (7, 7, 3, 64)
   assert logits.shape == (2, 10)

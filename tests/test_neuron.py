@@ -85,8 +85,9 @@ def test_cos_no_shift_when_the_count_is_right():
 
 
 def test_presimulate_statistics():
-  stats = neuron.presimulate(jnp.full(1, 0.5, jnp.float32),
-                             jnp.asarray([[0.25], [0.5], [-0.5], [1.0]], jnp.float32))
+  stats = neuron.presimulate(
+    jnp.full(1, 0.5, jnp.float32), jnp.asarray([[0.25], [0.5], [-0.5], [1.0]], jnp.float32)
+  )
   # m: 0.75 silent, 1.25 fire (v .25), -0.25 silent, 0.75 silent
   assert float(stats['count'][0]) == 1
   assert float(stats['residual'][0]) == 0.75
@@ -120,14 +121,16 @@ def test_long_scans_compile_to_a_bounded_program():
   for steps in (16, 1000):
     currents = jax.ShapeDtypeStruct((steps, 4), jnp.float32)
     potential = jax.ShapeDtypeStruct((4,), jnp.float32)
-    sizes[steps] = {name: len(jax.jit(fn).lower(potential, currents).as_text())
-                    for name, fn in (('run_if', neuron.run_if),
-                                     ('cos_shift', neuron.cos_shift))}
+    sizes[steps] = {
+      name: len(jax.jit(fn).lower(potential, currents).as_text())
+      for name, fn in (('run_if', neuron.run_if), ('cos_shift', neuron.cos_shift))
+    }
   for name in sizes[16]:
     assert sizes[1000][name] <= 1.1 * sizes[16][name], (name, sizes)
   currents = jnp.asarray(np.random.default_rng(0).normal(0.4, 0.6, (37, 50)), jnp.float32)
   v0 = jnp.full((50,), 0.5, jnp.float32)
   unrolled = jax.lax.scan(neuron.if_step, v0, currents, unroll=True)
-  for a, b in zip(jax.tree.leaves(neuron.run_if(v0, currents)), jax.tree.leaves(unrolled),
-                  strict=True):
+  for a, b in zip(
+    jax.tree.leaves(neuron.run_if(v0, currents)), jax.tree.leaves(unrolled), strict=True
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -21,9 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _recipe_config():
   config = test_config.get_config()
-  config.update(levels_schedule='0:16,0.5:4', threshold_init='percentile',
-                threshold_init_examples=64, lr_schedule='linear', warmup_epochs=0.5,
-                nesterov=True, weight_decay_on='kernels', label_smoothing=0.1)
+  config.update(
+    levels_schedule='0:16,0.5:4',
+    threshold_init='percentile',
+    threshold_init_examples=64,
+    lr_schedule='linear',
+    warmup_epochs=0.5,
+    nesterov=True,
+    weight_decay_on='kernels',
+    label_smoothing=0.1,
+  )
   config.conversion.enabled = False
   return config
 
@@ -54,8 +61,12 @@ def test_thresholds_are_percentiles_of_each_layers_input_layer_by_layer():
 
   def forward(params, images):  # the ordinary model, with the chosen thresholds
     with nn.intercept_methods(record):
-      model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images,
-                  train=True, mutable=['batch_stats'])
+      model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+      )
     return inputs
 
   inputs = jax.jit(forward)(params, images)
@@ -70,8 +81,9 @@ def test_schedules_and_the_kernel_only_weight_decay():
   config = _recipe_config()
   config.update(num_epochs=4, learning_rate=0.4, warmup_epochs=1)
   schedule = training.create_schedule(config, 10)
-  np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 25, 40)],
-                             [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-6)
+  np.testing.assert_allclose(
+    [schedule(s) for s in (0, 5, 10, 25, 40)], [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-6
+  )
   config.warmup_epochs = 0.0  # a non-zero rate at step 0
   tx, _ = training.create_optimizer(config, 10)
   model = cos_jax.create_model('tiny', num_classes=5, levels=4)
@@ -79,7 +91,8 @@ def test_schedules_and_the_kernel_only_weight_decay():
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
   decayed = jax.tree_util.tree_map_with_path(
-      lambda path, u: (path[-1].key, bool(jnp.any(u != 0))), updates)
+    lambda path, u: (path[-1].key, bool(jnp.any(u != 0))), updates
+  )
   for name, changed in jax.tree.leaves(decayed, is_leaf=lambda x: isinstance(x, tuple)):
     assert changed == (name == 'kernel'), name
 
@@ -90,12 +103,14 @@ def test_train_step_loss_with_label_smoothing():
   state = training.create_train_state(config, model, 8, jax.random.key(0))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
   labels = jnp.arange(8) % config.num_classes
-  step = jax.jit(functools.partial(training.train_step, mean=config.mean, std=config.std,
-                                   label_smoothing=0.3))
+  step = jax.jit(
+    functools.partial(training.train_step, mean=config.mean, std=config.std, label_smoothing=0.3)
+  )
   _, metrics = step(state, images, labels, jax.random.key(1))
   logits, _ = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
-      {'params': state.params, 'batch_stats': state.batch_stats},
-      training._normalise_on_device(images, config.mean, config.std))
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    training._normalise_on_device(images, config.mean, config.std),
+  )
   classes = config.num_classes
   targets = 0.7 * jax.nn.one_hot(labels, classes) + 0.3 / classes
   expected = -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
@@ -108,21 +123,30 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_state():
   state = training.create_train_state(config, model, 8, jax.random.key(0))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
   labels = jnp.arange(8) % config.num_classes
-  steps = {dtype: functools.partial(training.train_step, mean=config.mean, std=config.std,
-                                    compute_dtype=dtype) for dtype in (None, jnp.bfloat16)}
-  programs = {dtype: str(jax.make_jaxpr(step)(state, images, labels, jax.random.key(1)))
-              for dtype, step in steps.items()}
+  steps = {
+    dtype: functools.partial(
+      training.train_step, mean=config.mean, std=config.std, compute_dtype=dtype
+    )
+    for dtype in (None, jnp.bfloat16)
+  }
+  programs = {
+    dtype: str(jax.make_jaxpr(step)(state, images, labels, jax.random.key(1)))
+    for dtype, step in steps.items()
+  }
   assert re.search(r'bf16\[[0-9,]*\] = conv_general_dilated', programs[jnp.bfloat16])
   assert 'bf16' not in programs[None]
   (full, full_metrics), (half, half_metrics) = (
-      jax.jit(steps[dtype])(state, images, labels, jax.random.key(1)) for dtype in steps)
+    jax.jit(steps[dtype])(state, images, labels, jax.random.key(1)) for dtype in steps
+  )
   for leaf in jax.tree.leaves((half.params, half.batch_stats, half.opt_state)):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
   np.testing.assert_allclose(half_metrics['loss'], full_metrics['loss'], rtol=2e-2)
   for a, b in zip(jax.tree.leaves(half.params), jax.tree.leaves(full.params), strict=True):
     np.testing.assert_allclose(a, b, atol=2e-2)
-  assert any(bool((a != b).any()) for a, b in zip(jax.tree.leaves(half.params),
-                                                  jax.tree.leaves(full.params), strict=True))
+  assert any(
+    bool((a != b).any())
+    for a, b in zip(jax.tree.leaves(half.params), jax.tree.leaves(full.params), strict=True)
+  )
 
 
 class _Interrupted(Exception):
@@ -153,8 +177,9 @@ def test_recipe_trains_switches_l_and_resumes_bit_identically(tmp_path, monkeypa
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize('name', sorted(path.stem for path in (ROOT / 'configs').glob('*.py')
-                                        if path.stem != '__init__'))
+@pytest.mark.parametrize(
+  'name', sorted(path.stem for path in (ROOT / 'configs').glob('*.py') if path.stem != '__init__')
+)
 def test_every_shipped_config_passes_the_checks(name, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config()
   if config.data_source == 'image_folder':  # these name their data on the command line

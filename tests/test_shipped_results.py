@@ -62,24 +62,31 @@ def report_table_rows(report: dict) -> tuple[str, ...]:
   methods ('QCFS (no shifts)' for qcfs, 'COS' for cos_rho<N>)."""
   lines = conversion_report.to_markdown(report, title='').splitlines()
   start = lines.index(ACCURACY_HEADER) + 2
-  rows = lines[start:start + len(report['methods'])]
-  return tuple(f"| {'QCFS (no shifts)' if name == 'qcfs' else 'COS'} |{row.split('|', 2)[2]}"
-               for name, row in zip(report['methods'], rows, strict=True))
+  rows = lines[start : start + len(report['methods'])]
+  return tuple(
+    f'| {"QCFS (no shifts)" if name == "qcfs" else "COS"} |{row.split("|", 2)[2]}'
+    for name, row in zip(report['methods'], rows, strict=True)
+  )
 
 
 def quoted_tables(markdown: str) -> list[tuple[str, ...]]:
   """The rows of every accuracy table with T up to 32 in `markdown`."""
   lines = markdown.splitlines()
-  return [tuple(lines[i + 2:i + 2 + METHODS_PER_TABLE]) for i, line in enumerate(lines)
-          if line == ACCURACY_HEADER]
+  return [
+    tuple(lines[i + 2 : i + 2 + METHODS_PER_TABLE])
+    for i, line in enumerate(lines)
+    if line == ACCURACY_HEADER
+  ]
 
 
 def test_readme_accuracy_tables_are_those_of_the_shipped_reports():
-  reports = {run.parent.name: report_table_rows(json.loads(run.read_text()))
-             for run in RESULTS.glob('*/report.json')}
+  reports = {
+    run.parent.name: report_table_rows(json.loads(run.read_text()))
+    for run in RESULTS.glob('*/report.json')
+  }
   results_tables = quoted_tables((RESULTS / 'README.md').read_text())
   for run, rows in reports.items():
-    assert rows in results_tables, f'docs/results/README.md lacks {run}\'s table'
+    assert rows in results_tables, f"docs/results/README.md lacks {run}'s table"
   for readme in (ROOT / 'README.md', RESULTS / 'README.md'):
     for table in quoted_tables(readme.read_text()):
       assert table in reports.values(), f'{readme.name} quotes a table no report holds: {table}'
@@ -90,7 +97,9 @@ def test_every_shipped_checkpoint_has_recorded_logits():
 
 
 if __name__ == '__main__':
-  logits = {run: np.round(np.asarray(shipped_logits(run), np.float64), 5).tolist()
-            for run in CHECKPOINTED_RUNS}
+  logits = {
+    run: np.round(np.asarray(shipped_logits(run), np.float64), 5).tolist()
+    for run in CHECKPOINTED_RUNS
+  }
   (ROOT / 'tests/data/shipped_logits.json').write_text(json.dumps(logits, indent=1) + '\n')
-  print(f"recorded the logits of {', '.join(CHECKPOINTED_RUNS)} in tests/data/shipped_logits.json")
+  print(f'recorded the logits of {", ".join(CHECKPOINTED_RUNS)} in tests/data/shipped_logits.json')

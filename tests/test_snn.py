@@ -27,8 +27,9 @@ def _by_layer(values, prefix=''):
 
 def test_ann_matches_reference(net):
   images = _images(net)
-  expected = reference.ann_logits(net.network, net.variables, images, net.model.levels,
-                                  **net.kwargs)
+  expected = reference.ann_logits(
+    net.network, net.variables, images, net.model.levels, **net.kwargs
+  )
   np.testing.assert_array_equal(np.asarray(net.model.apply(net.variables, images)), expected)
 
 
@@ -44,8 +45,9 @@ def test_plain_conversion_matches_reference(net, T, chunk):
 @pytest.mark.parametrize('T,rho,rounds', [(6, 2, 1), (2, 4, 1), (5, 3, 2)])
 def test_cos_matches_reference(net, T, rho, rounds):
   images = _images(net, seed=1)
-  expected, expected_shifts = reference.snn_logits(net.network, net.variables, images, T,
-                                                   rho=rho, rounds=rounds, **net.kwargs)
+  expected, expected_shifts = reference.snn_logits(
+    net.network, net.variables, images, T, rho=rho, rounds=rounds, **net.kwargs
+  )
   shifts = cos_jax.calibrate(net.snn, images, rho=rho, rounds=rounds)
   got_shifts = _by_layer(shifts.values)
   assert set(got_shifts) == set(expected_shifts)
@@ -55,8 +57,9 @@ def test_cos_matches_reference(net, T, rho, rounds):
   assert any(np.any(v != 0) for v in expected_shifts.values()), 'the test exercises no shift'
 
   separate = cos_jax.simulate(net.snn, images, T, shifts=shifts, chunk=2)
-  fused, fused_shifts, _ = cos_jax.calibrate_and_simulate(net.snn, images, T, rho=rho,
-                                                          rounds=rounds, chunk=2)
+  fused, fused_shifts, _ = cos_jax.calibrate_and_simulate(
+    net.snn, images, T, rho=rho, rounds=rounds, chunk=2
+  )
   np.testing.assert_array_equal(np.asarray(separate), expected)
   np.testing.assert_array_equal(np.asarray(fused), expected)
   for name, value in _by_layer(fused_shifts.values).items():
@@ -67,10 +70,12 @@ def test_calibrate_then_simulate_equals_fused_run_on_random_weights(tiny_resnet)
   """Float weights, where rounding could differ between programs: still bit for bit."""
   model = tiny_resnet.model
   variables = cos_jax.init_variables(model, jax.random.key(3))
-  variables = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(4), x.shape),
-                           variables)
-  variables['params'] = jax.tree.map(lambda x: jnp.abs(x) + 0.5 if x.ndim == 0 else x,
-                                     variables['params'])
+  variables = jax.tree.map(
+    lambda x: x + 0.1 * jax.random.normal(jax.random.key(4), x.shape), variables
+  )
+  variables['params'] = jax.tree.map(
+    lambda x: jnp.abs(x) + 0.5 if x.ndim == 0 else x, variables['params']
+  )
   variables['batch_stats'] = jax.tree.map(jnp.abs, variables['batch_stats'])
   snn = cos_jax.convert(model, variables)
   images = jax.random.normal(jax.random.key(5), (BATCH,) + model.input_shape)
@@ -84,8 +89,9 @@ def test_calibrate_then_simulate_equals_fused_run_on_random_weights(tiny_resnet)
 def test_statistics_offset_spikes_and_spike_counts(tiny_net):
   images = _images(tiny_net, seed=2)
   T = 5
-  logits, _, stats = cos_jax.calibrate_and_simulate(tiny_net.snn, images, 11, rho=0, chunk=3,
-                                                    statistics_T=T)
+  logits, _, stats = cos_jax.calibrate_and_simulate(
+    tiny_net.snn, images, 11, rho=0, chunk=3, statistics_T=T
+  )
   counts = cos_jax.neuron_counts(tiny_net.snn)
   assert set(counts) == {'act1', 'act2', 'act_fc'}
   # Reference: per-neuron spike counts and total currents over T steps, layer act_fc.
@@ -116,8 +122,21 @@ def test_memory_state_is_per_layer_not_per_step(tiny_net):
   images = _images(tiny_net)
   sizes = []
   for T in (8, 64):
-    compiled = jax.jit(lambda x, T=T: cos_jax.snn._run(
-        tiny_net.snn, x, steps=T, first_chunk=8, rounds=0, chunk=8, shift_values=None,
-        statistics_steps=0)[0]).lower(jnp.asarray(images)).compile()
+    compiled = (
+      jax.jit(
+        lambda x, T=T: cos_jax.snn._run(
+          tiny_net.snn,
+          x,
+          steps=T,
+          first_chunk=8,
+          rounds=0,
+          chunk=8,
+          shift_values=None,
+          statistics_steps=0,
+        )[0]
+      )
+      .lower(jnp.asarray(images))
+      .compile()
+    )
     sizes.append(compiled.memory_analysis().temp_size_in_bytes)
   assert sizes[1] <= sizes[0] * 1.3 + 4096

@@ -65,8 +65,11 @@ def test_convert_py_rereads_the_workdir(finished_run):
 def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_run, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)
-  with pytest.raises(ValueError, match=r"another config \(arch: 'tiny' in the run, 'resnet20' "
-                                       r"now; num_epochs: 2 in the run, 3 now\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"another config \(arch: 'tiny' in the run, 'resnet20' "
+    r'now; num_epochs: 2 in the run, 3 now\)',
+  ):
     training.convert_and_report(workdir, _config(arch='resnet20', num_epochs=3))
   config = _config()
   config.conversion.update(max_T=2, statistics_T=2, rhos=(1,))
@@ -75,8 +78,9 @@ def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_r
   assert len(report['methods']['cos_rho1']['accuracy_by_T']) == 2
 
 
-def test_an_interrupted_conversion_report_resumes_where_it_stopped(finished_run, tmp_path,
-                                                                    monkeypatch):
+def test_an_interrupted_conversion_report_resumes_where_it_stopped(
+  finished_run, tmp_path, monkeypatch
+):
   """Totals saved after each batch: a report stopped in its second batch (of two) resumes there
   and equals the uninterrupted report exactly; the saved totals are removed at the end."""
   workdir, state = finished_run
@@ -108,7 +112,7 @@ def test_an_interrupted_conversion_report_resumes_where_it_stopped(finished_run,
   assert not progress_path.exists()
 
 
-KILLED_RUN_SCRIPT = textwrap.dedent('''
+KILLED_RUN_SCRIPT = textwrap.dedent("""
     import sys, time
     from configs import test as test_config
     from cos_jax import data, training
@@ -125,7 +129,7 @@ KILLED_RUN_SCRIPT = textwrap.dedent('''
     config = test_config.get_config()
     config.conversion.enabled = False
     training.train_and_evaluate(config, sys.argv[1])
-''')
+""")
 
 
 def test_kill_9_and_restart_gives_the_same_parameters(finished_run, tmp_path):
@@ -140,11 +144,15 @@ def test_kill_9_and_restart_gives_the_same_parameters(finished_run, tmp_path):
   subprocess.run(command + ['run'], cwd=ROOT, check=True, capture_output=True, timeout=600)
   config = test_config.get_config()
   _, resumed = training.restore_variables(config, tmp_path)
-  for a, b in zip(jax.tree.leaves(resumed['params']), jax.tree.leaves(uninterrupted.params),
-                  strict=True):
+  for a, b in zip(
+    jax.tree.leaves(resumed['params']), jax.tree.leaves(uninterrupted.params), strict=True
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text()
-           .splitlines() if 'loss' in line]
+  steps = [
+    json.loads(line)['step']
+    for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()
+    if 'loss' in line
+  ]
   assert steps == [4, 8, 12, 16]  # no step logged twice or lost
 
 
@@ -186,8 +194,11 @@ class _SlowSteps:
 
   def __call__(self, *factory_args):
     step = self.make_step(*factory_args)
-    delayed = jax.jit(lambda tree: jax.pure_callback(
-        self._sleep, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree), tree))
+    delayed = jax.jit(
+      lambda tree: jax.pure_callback(
+        self._sleep, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree), tree
+      )
+    )
 
     def slow_step(*args):
       if len(self.results) >= 2:
@@ -200,6 +211,7 @@ class _SlowSteps:
         result = delayed(result)
       self.results.append(jax.tree.leaves(result)[-1])
       return result
+
     return slow_step
 
 
@@ -215,8 +227,13 @@ def test_training_and_evaluation_run_at_most_one_step_ahead_of_the_device(tmp_pa
   eval_steps = _SlowSteps(training._jitted_eval_step.__wrapped__, delay=0.3)
   monkeypatch.setattr(training, '_jitted_eval_step', eval_steps)
   test = data.ArraySplit(np.zeros((128, *config.input_shape), np.uint8), np.zeros(128, np.int32))
-  training.evaluate({'params': state.params, 'batch_stats': state.batch_stats}, test,
-                    apply_fn=state.apply_fn, config=config, mesh=parallel.data_mesh())
+  training.evaluate(
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    test,
+    apply_fn=state.apply_fn,
+    config=config,
+    mesh=parallel.data_mesh(),
+  )
   assert len(eval_steps.ready_two_calls_back) == 2 and all(eval_steps.ready_two_calls_back)
 
 
@@ -227,14 +244,16 @@ def _identity(image, rng):
 
 def test_batch_order_is_a_function_of_the_step():
   split = data.ArraySplit(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40))
-  whole = list(data.train_batches(split, batch_size=8, seed=3, start_step=0, num_steps=12,
-                                  transform=_identity))
-  tail = list(data.train_batches(split, batch_size=8, seed=3, start_step=7, num_steps=12,
-                                 transform=_identity))
+  whole = list(
+    data.train_batches(split, batch_size=8, seed=3, start_step=0, num_steps=12, transform=_identity)
+  )
+  tail = list(
+    data.train_batches(split, batch_size=8, seed=3, start_step=7, num_steps=12, transform=_identity)
+  )
   for (a, la), (b, lb) in zip(whole[7:], tail, strict=True):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
-  epochs = [np.concatenate([labels for _, labels in whole[5 * e:5 * e + 5]]) for e in (0, 1)]
+  epochs = [np.concatenate([labels for _, labels in whole[5 * e : 5 * e + 5]]) for e in (0, 1)]
   assert sorted(epochs[0]) == list(range(40))  # an epoch visits every example once
   assert (epochs[0] != epochs[1]).any()  # and every epoch in a new order
 
@@ -243,9 +262,18 @@ def test_processes_read_disjoint_shares_that_make_the_global_batch():
   split = data.ArraySplit(np.arange(48, dtype=np.uint8).reshape(48, 1, 1, 1), np.arange(48))
 
   def batches(index, count):
-    return list(data.train_batches(
-        split, batch_size=8, seed=1, start_step=2, num_steps=9, process_index=index,
-        process_count=count, transform=augment.TrainTransform('cifar', 1, 1, flip=True)))
+    return list(
+      data.train_batches(
+        split,
+        batch_size=8,
+        seed=1,
+        start_step=2,
+        num_steps=9,
+        process_index=index,
+        process_count=count,
+        transform=augment.TrainTransform('cifar', 1, 1, flip=True),
+      )
+    )
 
   whole = batches(0, 1)
   shares = [batches(index, 4) for index in range(4)]
@@ -260,8 +288,10 @@ def _write_cifar_pickles(root: Path, n: int = 4):
   folder.mkdir(parents=True)
   rng = np.random.default_rng(0)
   for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
-    entry = {b'data': rng.integers(0, 255, (n, 3072), dtype=np.uint8),
-             b'labels': list(rng.integers(0, 10, n))}
+    entry = {
+      b'data': rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+      b'labels': list(rng.integers(0, 10, n)),
+    }
     with open(folder / name, 'wb') as f:
       pickle.dump(entry, f)
   with open(folder / 'batches.meta', 'wb') as f:
@@ -271,8 +301,11 @@ def _write_cifar_pickles(root: Path, n: int = 4):
 
 def test_cifar_pickle_source(tmp_path):
   last = _write_cifar_pickles(tmp_path)
-  dataset = data.load(_config(dataset='cifar10', data_source='cifar_pickle',
-                              data_dir=str(tmp_path), input_shape=(32, 32, 3)))
+  dataset = data.load(
+    _config(
+      dataset='cifar10', data_source='cifar_pickle', data_dir=str(tmp_path), input_shape=(32, 32, 3)
+    )
+  )
   assert dataset.train.images.shape == (20, 32, 32, 3)
   assert dataset.class_names[3] == 'c3'
   # CIFAR rows are channel-major (R plane, G plane, B plane): pixel (0, 1) red is byte 1.
@@ -290,8 +323,9 @@ def test_image_folder_source_reads_one_file_per_example_when_asked(tmp_path, mon
       for i in range(3):
         pixels = np.full((8, 8 + i, 3), 40 * label + 10 * i, np.uint8)  # sizes may differ
         Image.fromarray(pixels).save(root / split / name / f'{i}.png')
-  config = _config(data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3),
-                   preload_images=False)
+  config = _config(
+    data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3), preload_images=False
+  )
   decode = data._decode_image
   monkeypatch.setattr(data, '_decode_image', lambda *args: pytest.fail('decoded at load'))
   dataset = data.load(config)
@@ -303,8 +337,11 @@ def test_image_folder_source_reads_one_file_per_example_when_asked(tmp_path, mon
   # An image replaced in place is read as it is now.
   Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / 'train' / 'ant' / '0.png')
   assert dataset.train[0][0][0, 0, 0] == 7
-  images, labels, real = next(data.eval_batches(dataset.test, 4, augment.EvalTransform.from_config(
-      config), process_index=0, process_count=1))
+  images, labels, real = next(
+    data.eval_batches(
+      dataset.test, 4, augment.EvalTransform.from_config(config), process_index=0, process_count=1
+    )
+  )
   assert images.shape == (4, 8, 8, 3) and real.all()  # every image at the model's size
 
 
@@ -318,8 +355,13 @@ def test_preloaded_image_folder_holds_what_reading_each_file_gives(tmp_path):
         pixels = rng.integers(0, 256, (8, 6, 3)).astype(np.uint8)
         Image.fromarray(pixels).save(root / split / name / f'{i}.jpg', quality=75)
   for channels in (3, 1):
-    config = _config(data_source='image_folder', data_dir=str(root),
-                     input_shape=(8, 6, channels), mean=(0.5,) * channels, std=(0.5,) * channels)
+    config = _config(
+      data_source='image_folder',
+      data_dir=str(root),
+      input_shape=(8, 6, channels),
+      mean=(0.5,) * channels,
+      std=(0.5,) * channels,
+    )
     preloaded = data.load(config)
     read_each_time = data.load(_config(**{**config.to_dict(), 'preload_images': False}))
     assert isinstance(data.load(config, preload=False).test, data.ImageFolderSplit)  # convert.py
@@ -330,8 +372,11 @@ def test_preloaded_image_folder_holds_what_reading_each_file_gives(tmp_path):
         np.testing.assert_array_equal(held[index][0], read[index][0])
         assert held[index][1] == read[index][1]
   Image.fromarray(np.zeros((9, 6, 3), np.uint8)).save(root / 'test' / 'ant' / 'tall.png')
-  with pytest.raises(data.DataError, match=r'must share a size.*ant/tall.png is \(9, 6, 3\) where '
-                     r'most are \(8, 6, 3\).*--config.preload_images=False'):
+  with pytest.raises(
+    data.DataError,
+    match=r'must share a size.*ant/tall.png is \(9, 6, 3\) where '
+    r'most are \(8, 6, 3\).*--config.preload_images=False',
+  ):
     data.load(_config(data_source='image_folder', data_dir=str(root), input_shape=(8, 6, 3)))
 
 
@@ -346,15 +391,27 @@ def _image_folder(root: Path, write_first) -> None:
 
 def test_image_folder_data_errors_name_the_file(tmp_path):
   def load(root, **overrides):
-    return data.load(_config(**{'data_source': 'image_folder', 'data_dir': str(root),
-                                'input_shape': (8, 8, 3), **overrides}))
+    return data.load(
+      _config(
+        **{
+          'data_source': 'image_folder',
+          'data_dir': str(root),
+          'input_shape': (8, 8, 3),
+          **overrides,
+        }
+      )
+    )
 
   truncated = tmp_path / 'truncated'
-  _image_folder(truncated, lambda path: path.with_suffix('.jpg').write_bytes(
-      b'\xff\xd8\xff\xe0' + b'\x00' * 20))
+  _image_folder(
+    truncated, lambda path: path.with_suffix('.jpg').write_bytes(b'\xff\xd8\xff\xe0' + b'\x00' * 20)
+  )
   with pytest.raises(data.DataError, match=r'cannot decode .*truncated/train/a/0.jpg'):
-    list(data.train_batches(load(truncated).train, batch_size=2, seed=0, start_step=0,
-                            num_steps=2, transform=_identity))
+    list(
+      data.train_batches(
+        load(truncated).train, batch_size=2, seed=0, start_step=0, num_steps=2, transform=_identity
+      )
+    )
   empty = tmp_path / 'empty'
   _image_folder(empty, lambda path: None)
   (empty / 'train' / 'c').mkdir()
@@ -362,8 +419,7 @@ def test_image_folder_data_errors_name_the_file(tmp_path):
   with pytest.raises(data.DataError, match=r'class folder .*empty/train/c holds no'):
     load(empty)
   deep = tmp_path / 'deep'
-  _image_folder(deep, lambda path: Image.fromarray(
-      np.full((8, 8), 40000, np.uint16)).save(path))
+  _image_folder(deep, lambda path: Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(path))
   assert load(deep).train[0][0][0, 0, 0] == 40000 >> 8  # 16 bits -> the top 8
   gray = load(deep, input_shape=(8, 8, 1), mean=(0.5,), std=(0.5,))
   assert gray.train[0][0].shape == (8, 8, 1)
@@ -376,8 +432,9 @@ def test_missing_data_folders_say_what_was_expected(tmp_path):
   with pytest.raises(data.DataError, match="the 'test' split"):
     data.load(_config(data_source='image_folder', data_dir=str(tmp_path)))
   with pytest.raises(data.DataError, match='cifar-10-python.tar.gz'):
-    data.load(_config(dataset='cifar10', data_source='cifar_pickle',
-                      data_dir=str(tmp_path / 'none')))
+    data.load(
+      _config(dataset='cifar10', data_source='cifar_pickle', data_dir=str(tmp_path / 'none'))
+    )
   with pytest.raises(data.DataError, match="Unknown data_source 'ftp'"):
     data.load(_config(data_source='ftp'))
 
@@ -420,12 +477,11 @@ def test_augmentations_keep_shape_and_are_seeded():
   np.testing.assert_array_equal(a, b)
   crops = [augment.pad_and_crop(image, 4, np.random.default_rng(seed)) for seed in range(8)]
   assert any((crop == 0).all(-1).any() for crop in crops)  # zero padding shows
-  square = augment.cutout(np.ones((32, 32, 1), np.uint8), 16, np.zeros(1),
-                          np.random.default_rng(3))
+  square = augment.cutout(np.ones((32, 32, 1), np.uint8), 16, np.zeros(1), np.random.default_rng(3))
   assert 0 < (square == 0).sum() <= 256
 
 
-MULTI_DEVICE_SCRIPT = textwrap.dedent('''
+MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import functools, json, pathlib, sys
     import jax, numpy as np
     from configs import test as test_config
@@ -459,14 +515,20 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     print(json.dumps({'difference': difference,
                       'accuracies': [outcome[n]['cos'] for n in ('eight', 'one')],
                       'ann': [outcome[n]['ann'] for n in ('eight', 'one')]}))
-''')
+""")
 
 
 def test_eight_devices_give_the_single_device_results(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT, str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+    [sys.executable, '-c', MULTI_DEVICE_SCRIPT, str(tmp_path)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   outcome = json.loads(result.stdout.strip().splitlines()[-1])
   # One step from the same state: only the order of the batch reductions differs. (Over a whole
@@ -477,23 +539,28 @@ def test_eight_devices_give_the_single_device_results(tmp_path):
   assert outcome['accuracies'][0] == outcome['accuracies'][1]
 
 
-HOLD_LOCK_SCRIPT = textwrap.dedent('''
+HOLD_LOCK_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from cos_jax import workdir
     with workdir.exclusive(Path(sys.argv[1])):
       print('locked', flush=True)
       time.sleep(600)
-''')
+""")
 
 
 def test_a_second_process_on_a_workdir_is_refused_until_the_first_dies(tmp_path):
-  process = subprocess.Popen([sys.executable, '-c', HOLD_LOCK_SCRIPT, str(tmp_path)], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [sys.executable, '-c', HOLD_LOCK_SCRIPT, str(tmp_path)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert process.stdout.readline().strip() == 'locked'
-    with pytest.raises(workdir.WorkdirBusyError, match=f'in use by another process '
-                                                       f'\\(pid {process.pid}\\)'):
+    with pytest.raises(
+      workdir.WorkdirBusyError, match=f'in use by another process \\(pid {process.pid}\\)'
+    ):
       training.train_and_evaluate(_config(), str(tmp_path))
   finally:
     process.kill()  # SIGKILL: the operating system releases the lock
@@ -510,8 +577,11 @@ def _copy_of(finished_run, tmp_path) -> Path:
 
 def test_resume_refuses_another_config_naming_the_fields(finished_run, tmp_path):
   run = _copy_of(finished_run, tmp_path)
-  with pytest.raises(ValueError, match=r'another config \(learning_rate: 0.2 in the run, 0.3 '
-                                       r'now; seed: 0 in the run, 1 now\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'another config \(learning_rate: 0.2 in the run, 0.3 '
+    r'now; seed: 0 in the run, 1 now\)',
+  ):
     training.train_and_evaluate(_config(learning_rate=0.3, seed=1), str(run))
   # What may change does not stop it: the finished run is simply evaluated again.
   state = training.train_and_evaluate(_config(log_every_steps=2), str(run))
@@ -519,8 +589,9 @@ def test_resume_refuses_another_config_naming_the_fields(finished_run, tmp_path)
 
 
 @pytest.mark.parametrize('damage', ['empty step folder', 'missing file', 'flipped bit'])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(finished_run, tmp_path, damage,
-                                                                  capsys):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
+  finished_run, tmp_path, damage, capsys
+):
   run = _copy_of(finished_run, tmp_path)
   steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
   latest = run / 'checkpoints' / str(steps[-1])
@@ -536,22 +607,26 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(finished_run, 
     largest.write_bytes(bytes(data_bytes))
   _, variables = training.restore_variables(_config(), run)
   assert f'Skipped the damaged checkpoint of step {steps[-1]}' in capsys.readouterr().out
-  np.testing.assert_array_equal(variables['params']['head']['bias'],
-                                restored_at(run, steps[-2])['params']['head']['bias'])
+  np.testing.assert_array_equal(
+    variables['params']['head']['bias'], restored_at(run, steps[-2])['params']['head']['bias']
+  )
   # Training resumes from the whole one, sets the damaged one aside and ends as it should have.
   state = training.train_and_evaluate(_config(), str(run))
   assert f'Moved the damaged checkpoint of step {steps[-1]}' in capsys.readouterr().out
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(finished_run[1].params),
-                  strict=True):
+  for a, b in zip(
+    jax.tree.leaves(state.params), jax.tree.leaves(finished_run[1].params), strict=True
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def restored_at(run: Path, step: int) -> dict:
   model = training.create_model(_config())
-  abstract = jax.eval_shape(lambda: training.create_train_state(_config(), model, 1,
-                                                                jax.random.key(0)))
+  abstract = jax.eval_shape(
+    lambda: training.create_train_state(_config(), model, 1, jax.random.key(0))
+  )
   state = ocp.CheckpointManager(run / 'checkpoints').restore(
-      step, args=ocp.args.StandardRestore(abstract))
+    step, args=ocp.args.StandardRestore(abstract)
+  )
   return {'params': state.params}
 
 
@@ -565,7 +640,7 @@ def test_a_torn_last_metrics_line_is_dropped(finished_run, tmp_path, capsys):
     json.loads(line)
 
 
-INTERRUPTED_SAVE_SCRIPT = textwrap.dedent('''
+INTERRUPTED_SAVE_SCRIPT = textwrap.dedent("""
     import sys, time
     import orbax.checkpoint as ocp
     from configs import test as test_config
@@ -584,12 +659,17 @@ INTERRUPTED_SAVE_SCRIPT = textwrap.dedent('''
     config = test_config.get_config()
     config.conversion.enabled = False
     training.train_and_evaluate(config, sys.argv[1])
-''')
+""")
 
 
 def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_whole(tmp_path):
-  process = subprocess.Popen([sys.executable, '-c', INTERRUPTED_SAVE_SCRIPT, str(tmp_path)],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [sys.executable, '-c', INTERRUPTED_SAVE_SCRIPT, str(tmp_path)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert any(line.strip() == 'saving' for line in iter(process.stdout.readline, ''))
     process.send_signal(signal.SIGINT)
@@ -603,9 +683,19 @@ def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_who
 
 def test_ctrl_c_in_train_py_ends_in_one_line_saying_how_to_resume(tmp_path):
   process = subprocess.Popen(
-      [sys.executable, 'train.py', '--config=configs/test.py', f'--workdir={tmp_path}',
-       '--config.num_epochs=1000', '--config.conversion.enabled=False'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      'train.py',
+      '--config=configs/test.py',
+      f'--workdir={tmp_path}',
+      '--config.num_epochs=1000',
+      '--config.conversion.enabled=False',
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert any(line.startswith('step 4/') for line in iter(process.stdout.readline, ''))
     process.send_signal(signal.SIGINT)
@@ -618,7 +708,7 @@ def test_ctrl_c_in_train_py_ends_in_one_line_saying_how_to_resume(tmp_path):
   assert 'Traceback' not in stderr
 
 
-CONVERT_INTERRUPTED_SCRIPT = textwrap.dedent('''
+CONVERT_INTERRUPTED_SCRIPT = textwrap.dedent("""
     import runpy, sys
     from cos_jax import training
 
@@ -628,24 +718,35 @@ CONVERT_INTERRUPTED_SCRIPT = textwrap.dedent('''
     training.convert_and_report = interrupted
     sys.argv = ['convert.py', '--workdir=' + sys.argv[1]]
     runpy.run_path('convert.py', run_name='__main__')
-''')
+""")
 
 
 def test_ctrl_c_in_convert_py_names_only_the_report_as_what_resumes(tmp_path):
-  process = subprocess.run([sys.executable, '-c', CONVERT_INTERRUPTED_SCRIPT, str(tmp_path)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+  process = subprocess.run(
+    [sys.executable, '-c', CONVERT_INTERRUPTED_SCRIPT, str(tmp_path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert process.returncode == 130
   assert process.stderr.strip().endswith(
-      f'resumes the run in {tmp_path}: the conversion report from its last finished batch.')
+    f'resumes the run in {tmp_path}: the conversion report from its last finished batch.'
+  )
   assert 'Traceback' not in process.stderr
 
 
 def test_worker_processes_give_the_batches_of_threads():
   split = data.ArraySplit(np.arange(32, dtype=np.uint8).reshape(32, 1, 1, 1) * 7, np.arange(32))
   transform = augment.TrainTransform('cifar', 1, 1, flip=True)
-  threads, workers = (list(data.train_batches(split, batch_size=8, seed=2, start_step=1,
-                                              num_steps=6, transform=transform, workers=count))
-                      for count in (0, 2))
+  threads, workers = (
+    list(
+      data.train_batches(
+        split, batch_size=8, seed=2, start_step=1, num_steps=6, transform=transform, workers=count
+      )
+    )
+    for count in (0, 2)
+  )
   for (a, la), (b, lb) in zip(threads, workers, strict=True):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
