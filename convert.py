@@ -2,7 +2,8 @@
 
     python convert.py --workdir=workdirs/digits
     python convert.py --workdir=workdirs/cifar10_resnet20 \
-        --config=configs/cifar10_resnet20_cpu.py --config.conversion.rhos='(2,4,8)'
+        --config=configs/cifar10_resnet20_cpu.py --config.conversion.rhos='(2,4,8)' \
+        --config.data_dir=../shared/data/cifar10-jpeg
     python convert.py --workdir=workdirs/imported --config=configs/cifar10.py \
         --torch_checkpoint=vgg16_cifar10.pth
 
@@ -15,8 +16,7 @@ the fields that differ (only the data's source and reading and the report's sett
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cos_jax import training, workdir
-from cos_jax.config_checks import parse_flags
+from cos_jax import cli, conversion_report
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -35,11 +35,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
-  with workdir.resumable_on_interrupt(
+  with cli.resumable_on_interrupt(
     FLAGS.workdir, 'the conversion report from its last finished batch'
   ):
-    training.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
+    conversion_report.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

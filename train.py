@@ -10,8 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cos_jax import training, workdir
-from cos_jax.config_checks import parse_flags
+from cos_jax import cli, training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -31,7 +30,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint at INFO
   if FLAGS.distributed:
     jax.distributed.initialize()
-  with workdir.resumable_on_interrupt(
+  with cli.resumable_on_interrupt(
     FLAGS.workdir,
     'training from its newest checkpoint, the conversion report after it from '
     'its last finished batch',
@@ -40,4 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

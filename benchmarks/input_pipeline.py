@@ -2,11 +2,11 @@
 
     python -m benchmarks.input_pipeline [--cifar_dir=../shared/data/cifar10-jpeg]
 
-1. Each stage of the CIFAR recipe (SPEC section 7) alone and all together, per image on one
-   thread.
-2. `data.train_batches` end to end: CIFAR (the JPEG folder if given, else in-memory arrays) with
-   the whole recipe, and a folder of ~224 px JPEGs of mixed sizes with the ImageNet recipe
-   (RandomResizedCrop, flip), in threads and in 1 and 2 grain worker processes.
+1. Each stage of the CIFAR recipe (docs/method.md §7) alone and all together, per image
+   on one thread.
+2. `input_pipeline.train_batches` end to end: CIFAR (the JPEG folder if given, else in-memory
+   arrays) with the whole recipe, and a folder of ~224 px JPEGs of mixed sizes with the ImageNet
+   recipe (RandomResizedCrop, flip), in threads and in 1 and 2 grain worker processes.
 3. Peak resident memory of a process that streams 3 epochs of a JPEG folder of 500 and of 5,000
    images: it must not grow with the data set (nothing is decoded ahead into memory).
 """
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import write_result
-from cos_jax import augment, data
+from cos_jax import augment, input_pipeline, sources
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STAGES = {
@@ -32,9 +32,9 @@ STAGES = {
   'flip': augment.TrainTransform('cifar', 32, 32, flip=True, mean=MEAN),
   'autoaugment': augment.TrainTransform('cifar', 32, 32, autoaugment=True, mean=MEAN),
   'cutout': augment.TrainTransform('cifar', 32, 32, cutout_size=16, mean=MEAN),
-  'all (SPEC section 7)': augment.TrainTransform('cifar', 32, 32, 4, True, True, 16, MEAN),
+  'all (the CIFAR recipe)': augment.TrainTransform('cifar', 32, 32, 4, True, True, 16, MEAN),
 }
-CIFAR_RECIPE = STAGES['all (SPEC section 7)']
+CIFAR_RECIPE = STAGES['all (the CIFAR recipe)']
 IMAGENET_RECIPE = augment.TrainTransform('imagenet', 224, 224, flip=True)
 
 
@@ -55,7 +55,7 @@ def _stage_rates(images: np.ndarray, repeats: int) -> list[dict]:
   return rows
 
 
-def write_jpeg_folder(root: Path, count: int, seed: int = 0) -> data.ImageFolderSplit:
+def write_jpeg_folder(root: Path, count: int, seed: int = 0) -> sources.ImageFolderSplit:
   """`count` JPEGs (q90) of ImageNet-like sizes, 200-500 px a side, in 10 class folders."""
   rng = np.random.default_rng(seed)
   for index in range(count):
@@ -66,14 +66,14 @@ def write_jpeg_folder(root: Path, count: int, seed: int = 0) -> data.ImageFolder
     image = Image.fromarray(base).resize((int(width), int(height)), Image.BILINEAR)
     image.save(folder / f'{index}.jpg', quality=90)
   files = sorted(root.glob('*/*.jpg'))
-  return data.ImageFolderSplit(tuple(files), np.zeros(len(files), np.int32), 3)
+  return sources.ImageFolderSplit(tuple(files), np.zeros(len(files), np.int32), 3)
 
 
 def _pipeline_rate(
   split, transform, *, batch: int, steps: int, threads: int, workers: int
 ) -> float:
   """Images/s of train_batches over `steps` batches, after the first (start-up) one."""
-  batches = data.train_batches(
+  batches = input_pipeline.train_batches(
     split,
     batch_size=batch,
     seed=0,
@@ -95,11 +95,11 @@ import resource, sys
 from pathlib import Path
 import numpy as np
 from benchmarks.input_pipeline import IMAGENET_RECIPE
-from cos_jax import data
+from cos_jax import input_pipeline, sources
 files = sorted(Path(sys.argv[1]).glob('*/*.jpg'))[:int(sys.argv[2])]
-split = data.ImageFolderSplit(tuple(files), np.zeros(len(files), np.int32), 3)
+split = sources.ImageFolderSplit(tuple(files), np.zeros(len(files), np.int32), 3)
 steps = 3 * (len(split) // 50)
-for _ in data.train_batches(split, batch_size=50, seed=0, start_step=0, num_steps=steps,
+for _ in input_pipeline.train_batches(split, batch_size=50, seed=0, start_step=0, num_steps=steps,
                             transform=IMAGENET_RECIPE, threads=2):
   pass
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -135,10 +135,10 @@ def main():
   stages = _stage_rates(images, args.repeats)
 
   if args.cifar_dir:
-    cifar = data.load(_folder_config(args.cifar_dir)).train
+    cifar = sources.load(_folder_config(args.cifar_dir)).train
     cifar_name = f'CIFAR-10 JPEG folder ({len(cifar)} images)'
   else:
-    cifar = data.ArraySplit(np.repeat(images, 40, axis=0), np.zeros(len(images) * 40, np.int32))
+    cifar = sources.ArraySplit(np.repeat(images, 40, axis=0), np.zeros(len(images) * 40, np.int32))
     cifar_name = f'CIFAR-shaped arrays ({len(cifar)} images)'
   pipelines = []
   print('\n| data | recipe | threads | worker processes | images/s |\n|---|---|---|---|---|')

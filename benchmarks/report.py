@@ -264,7 +264,7 @@ def _pipeline_section(pipeline: dict) -> list[str]:
   ]
   lines += [
     '',
-    '`data.train_batches` end to end (grain; threads in the training process, or '
+    '`input_pipeline.train_batches` end to end (grain; threads in the training process, or '
     'worker processes):',
     '',
     '| data | recipe | threads | worker processes | images/s |',

@@ -3,7 +3,7 @@
     python -m benchmarks.torch_reference --models=resnet20,vgg16 --threads=2
 
 The COS authors' code is not part of this repository; this is the equivalent of its CIFAR
-models and step, written from SPEC section 6: QCFS as the authors write it (divide by `up`,
+models and step, written from docs/method.md §6: QCFS as the authors write it (divide by `up`,
 floor with a straight-through gradient, clamp to [0, 1], multiply by `up`), VGG-16 and
 ResNet-20 with their layer order, SGD with momentum 0.9 and weight decay 5e-4 on every
 parameter, cross-entropy, batch 128 of normalised float images. Prints one JSON line per model

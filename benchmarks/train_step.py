@@ -46,7 +46,7 @@ import numpy as np
 from benchmarks.common import write_result
 from benchmarks.report import loop_table, step_table
 from configs import cifar10
-from cos_jax import training, xla
+from cos_jax import input_pipeline, optimizer, run_state, training, xla
 from cos_jax.layers import BatchNorm
 from cos_jax.qcfs import qcfs
 
@@ -104,16 +104,17 @@ def _torch_seconds(arch: str, batch: int, repeats: int) -> float | None:
 def measure_step(arch: str, args) -> tuple[dict, Callable[[], jax.Array]]:
   """The step's figures, and the timed step itself (train.py's, on its own state) for the loops."""
   config = _config(arch, args.batch)
-  model = training.create_model(config)
+  model = run_state.create_model(config)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (args.batch, 32, 32, 3)), jnp.uint8)
   labels = jnp.asarray(rng.integers(0, 10, args.batch), jnp.int32)
-  normalised = training._normalise_on_device(images, config.mean, config.std)
+  normalised = input_pipeline.normalise(images, config.mean, config.std)
   key = jax.random.key(1)
   step = functools.partial(training.train_step, mean=tuple(config.mean), std=tuple(config.std))
 
   def new_state():
-    return training.create_train_state(config, model, 390, jax.random.key(0))
+    tx, _ = optimizer.create_optimizer(config, steps_per_epoch=390)
+    return run_state.create_train_state(model, tx, jax.random.key(0))
 
   steppers = {
     'cos_jax': _state_stepper(xla.jit(step, donate_argnums=0), new_state(), images, labels, key)
@@ -158,7 +159,7 @@ def measure_step(arch: str, args) -> tuple[dict, Callable[[], jax.Array]]:
 
 
 def _plain_qcfs(z, threshold, levels):
-  """SPEC section 1's formula with a straight-through floor, for automatic differentiation."""
+  """docs/method.md §1's formula with a straight-through floor, for automatic differentiation."""
   floor = z * levels / threshold + 0.5
   floor = floor + jax.lax.stop_gradient(jnp.floor(floor) - floor)
   level = floor / levels

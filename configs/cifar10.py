@@ -1,4 +1,4 @@
-"""VGG-16, L = 4, on CIFAR-10 with the published recipe (SPEC section 7).
+"""VGG-16, L = 4, on CIFAR-10 with the published recipe (docs/method.md §7).
 
     python train.py --config=configs/cifar10.py --workdir=workdirs/cifar10_vgg16
 
@@ -6,7 +6,7 @@ Data come from tfds by default (needs internet and tensorflow). Offline, point i
     --config.data_source=image_folder --config.data_dir=../shared/data/cifar10-jpeg
     --config.data_source=cifar_pickle --config.data_dir=<folder with cifar-10-batches-py>
 Expected (QCFS paper, 300 epochs, one GPU): ANN 95.5 %, SNN 94.95 % at T = 8 without COS.
-The other configs import this one and override fields.
+Every other config imports this one and overrides a few fields; every field is here.
 """
 
 import ml_collections
@@ -20,10 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Training at other L first: 'fraction:L,fraction:L,...', each L from that fraction of the
   # training steps on, ending with `levels` (e.g. '0:32,0.6:4'); '' trains at `levels` throughout.
   config.levels_schedule = ''
-  config.threshold_init = 'constant'  # constant (8.0, SPEC section 1) | percentile (from data)
+  config.threshold_init = 'constant'  # constant (8.0, the published init) | percentile (data)
   config.threshold_percentile = 99.0  # percentile: of each layer's input, layer by layer
   config.threshold_init_examples = 256  # percentile: training images it is computed on
-  config.imagenet = False  # ImageNet variant of the architecture (224 px input)
   config.model_kwargs = ml_collections.ConfigDict()  # extra model fields, e.g. dropout_rate
   # Data.
   config.dataset = 'cifar10'
@@ -31,16 +30,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.input_shape = (32, 32, 3)
   config.data_source = 'tfds'  # tfds | cifar_pickle | image_folder | digits | synthetic
   config.data_dir = ''  # root of cifar_pickle / image_folder data
+  config.tfds_dir = ''  # tfds: where its prepared data sets live ('' is tfds' own default)
   config.test_split = 'test'
+  config.digits_test_size = 360  # digits: held-out examples of the fixed split
+  config.synthetic_train_size = 1024  # synthetic: examples per split
+  config.synthetic_test_size = 256
   # Input pipeline (grain): threads reading and transforming batches ahead of the step, or
   # worker processes doing it (for TPU hosts; 0 keeps it in the training process).
-  config.data_threads = 1  # data.DEFAULT_THREADS: 1 outran 2 on 2 cores; more on bigger hosts
+  config.data_threads = 1  # 1 outran 2 on 2 cores; more on bigger hosts
   config.data_workers = 0
   config.preload_images = True  # image_folder: every image decoded once, at the start (184 MB)
   config.mean = (0.4914, 0.4822, 0.4465)
   config.std = (0.2023, 0.1994, 0.2010)
-  # Augmentation (SPEC section 7): the 'cifar' recipe (crop, flip, AutoAugment, Cutout below) or
-  # 'imagenet' (RandomResizedCrop and flip; evaluation resizes to 256 and centre-crops 224).
+  # Augmentation (docs/method.md §7): the 'cifar' recipe (crop, flip, AutoAugment, Cutout
+  # below) or 'imagenet' (RandomResizedCrop and flip; evaluation resizes to 256 and centre-crops
+  # 224).
   config.preprocess = 'cifar'
   config.crop_padding = 4
   config.flip = True

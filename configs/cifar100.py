@@ -1,4 +1,4 @@
-"""VGG-16, L = 4, on CIFAR-100 (SPEC section 7: learning rate 0.02).
+"""VGG-16, L = 4, on CIFAR-100 (the published recipe, learning rate 0.02).
 
     python train.py --config=configs/cifar100.py --workdir=workdirs/cifar100_vgg16
 

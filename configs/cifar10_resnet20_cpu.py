@@ -5,9 +5,8 @@
 
 The published recipe (configs/cifar10.py) runs 300 epochs; this one runs 8 with the same SGD,
 weight decay and cosine decay, and crops and flips only (AutoAugment and Cutout regularise long
-runs and slow short ones down). Reached here (JPEG test set, docs/results/): ANN 70.63 % in the
-run's final evaluation (2026-11-29) and 70.65 % in its conversion report (2026-12-01); COS
-(rho = 4) 66.67 % at T = 1; without shifts 24.87 % at T = 1.
+runs and slow short ones down). Reached on the JPEG test set (docs/results/): ANN 70.65 %, COS
+(rho = 4) 66.67 % at T = 1, without shifts 24.87 % at T = 1.
 """
 
 from configs import cifar10

@@ -3,6 +3,8 @@
     python train.py --config=configs/digits.py --workdir=workdirs/digits
 
 Trains 30 epochs, then prints the ANN / QCFS / COS table for T = 1..16 on the 360 held-out digits.
+Reached here: ANN about 97 %; at T = 1 about 77 % without shifts and 86 % with COS (rho = 2).
+Float32 training rounds differently on different CPUs, so these move by a point or so.
 """
 
 from configs import cifar10

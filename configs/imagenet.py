@@ -1,5 +1,5 @@
-"""ResNet-34, L = 8, on ImageNet (ILSVRC 2012), 224 px: the authors' network (SPEC section 6, a
-3x3 stride-1 stem without pooling), so their checkpoints import.
+"""ResNet-34, L = 8, on ImageNet (ILSVRC 2012), 224 px: the authors' network (a 3x3 stride-1 stem
+without pooling, docs/method.md section 6), so their checkpoints import.
 
     python train.py --config=configs/imagenet.py --workdir=workdirs/imagenet_resnet34
 
@@ -19,7 +19,6 @@ def get_config():
   config = cifar10.get_config()
   config.arch = 'resnet34'
   config.levels = 8
-  config.imagenet = True
   config.dataset = 'imagenet'
   config.num_classes = 1000
   config.input_shape = (224, 224, 3)

@@ -1,4 +1,4 @@
-"""Per-image training and evaluation views (SPEC section 7), run on the host by the pipeline.
+"""Per-image training and evaluation views (docs/method.md §7), run on the host by the pipeline.
 
 Random crop with zero padding, horizontal flip, AutoAugment's CIFAR-10 policy (Cubuk et al.,
 2019, as the reference code implements it: grey fill, bicubic shears) and Cutout (DeVries &
@@ -235,7 +235,7 @@ IMAGENET_CROP_FRACTION = 224 / 256
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """The training view of one uint8 [H, W, C] image (SPEC section 7), by recipe:
+  """The training view of one uint8 [H, W, C] image (docs/method.md §7), by recipe:
 
   'cifar': the image at the model's size (resized if it differs), a crop of it padded by
   `crop_padding`, a flip, AutoAugment's CIFAR-10 policy, Cutout; each step optional.
@@ -255,7 +255,7 @@ class TrainTransform:
   def from_config(cls, config) -> 'TrainTransform':
     height, width = config.input_shape[:2]
     return cls(
-      config.get('preprocess', 'cifar'),
+      config.preprocess,
       height,
       width,
       config.crop_padding,
@@ -294,7 +294,7 @@ class EvalTransform:
   @classmethod
   def from_config(cls, config) -> 'EvalTransform':
     height, width, channels = config.input_shape
-    return cls(config.get('preprocess', 'cifar'), height, width, channels)
+    return cls(config.preprocess, height, width, channels)
 
   @property
   def shape(self) -> tuple[int, int, int]:

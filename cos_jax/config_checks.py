@@ -2,14 +2,11 @@
 hours of training (`check_config`)."""
 
 import math
-import sys
 
 import ml_collections
-from absl import app
 
 from cos_jax import augment, models
-
-DATA_SOURCES = ('tfds', 'cifar_pickle', 'image_folder', 'digits', 'synthetic')
+from cos_jax.sources import DATA_SOURCES
 
 
 def _is_int(value) -> bool:
@@ -46,12 +43,12 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     need(_is_int(value) and value >= minimum, field, f'an integer >= {minimum}')
 
   try:
-    models.architecture(config.get('arch'))
+    models.architecture(_field(config, 'arch'))
   except ValueError as error:
     problems.append(f'arch: {error}')
   for field in ('num_classes', 'levels'):
     positive_int(field)
-  shape = config.get('input_shape')
+  shape = _field(config, 'input_shape')
   need(
     isinstance(shape, (tuple, list))
     and len(shape) == 3
@@ -61,7 +58,7 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
   )
   channels = shape[-1] if isinstance(shape, (tuple, list)) and shape else None
   for field in ('mean', 'std'):
-    value = config.get(field)
+    value = _field(config, field)
     need(
       isinstance(value, (tuple, list))
       and len(value) == channels
@@ -69,39 +66,40 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
       field,
       f'{channels} numbers, one per channel',
     )
-  std = config.get('std')
+  std = _field(config, 'std')
   need(
     not isinstance(std, (tuple, list)) or all(not _is_number(v) or v > 0 for v in std),
     'std',
     'every value > 0',
   )
-  need(config.get('data_source') in DATA_SOURCES, 'data_source', f'one of {list(DATA_SOURCES)}')
-  if config.get('data_source') in ('image_folder', 'cifar_pickle'):
+  need(_field(config, 'data_source') in DATA_SOURCES, 'data_source', f'one of {list(DATA_SOURCES)}')
+  if _field(config, 'data_source') in ('image_folder', 'cifar_pickle'):
     need(
-      bool(config.get('data_dir')),
+      bool(_field(config, 'data_dir')),
       'data_dir',
-      f'the data folder; {config.get("data_source")} reads from it',
+      f'the data folder; {_field(config, "data_source")} reads from it',
     )
 
-  conversion = config.get('conversion') or {}
-  if conversion.get('enabled', True):
+  if _field(config, 'conversion.enabled') is not False:  # missing: its fields are reported
     for field in ('max_T', 'batch_size', 'rounds'):
       positive_int(f'conversion.{field}')
-    max_T = conversion.get('max_T')
-    statistics_T = conversion.get('statistics_T', 0)
+    max_T = _field(config, 'conversion.max_T')
+    statistics_T = _field(config, 'conversion.statistics_T')
     need(
       _is_int(statistics_T) and 0 <= statistics_T and (not _is_int(max_T) or statistics_T <= max_T),
       'conversion.statistics_T',
       f'an integer from 0 (off) to max_T={max_T}',
     )
-    rhos = conversion.get('rhos', ())
+    rhos = _field(config, 'conversion.rhos')
     need(
-      isinstance(rhos, (tuple, list)) and all(_is_int(r) and r >= 1 for r in rhos),
+      isinstance(rhos, (tuple, list))
+      and all(_is_int(r) and r >= 1 for r in rhos)
+      and len(set(rhos)) == len(rhos),
       'conversion.rhos',
-      'integers >= 1, the COS pre-simulation lengths; the plain conversion '
+      'distinct integers >= 1, the COS pre-simulation lengths; the plain conversion '
       '(rho 0) is always reported, as qcfs',
     )
-    num_examples = conversion.get('num_examples', -1)
+    num_examples = _field(config, 'conversion.num_examples')
     need(
       _is_int(num_examples) and (num_examples == -1 or num_examples >= 1),
       'conversion.num_examples',
@@ -110,7 +108,7 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     positive_int('conversion.chunk', minimum=0)
 
   need(
-    config.get('preprocess', 'cifar') in augment.RECIPES,
+    _field(config, 'preprocess') in augment.RECIPES,
     'preprocess',
     f'one of {list(augment.RECIPES)}',
   )
@@ -128,17 +126,17 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     for field in ('eval_every_epochs', 'crop_padding', 'cutout_size', 'data_workers'):
       positive_int(field, minimum=0)
     positive_int('data_threads')
-    rate = config.get('learning_rate')
+    rate = _field(config, 'learning_rate')
     need(_is_number(rate) and rate > 0, 'learning_rate', 'a number > 0')
-    momentum = config.get('momentum')
+    momentum = _field(config, 'momentum')
     need(_is_number(momentum) and 0 <= momentum < 1, 'momentum', 'a number in [0, 1)')
-    decay = config.get('weight_decay')
+    decay = _field(config, 'weight_decay')
     need(_is_number(decay) and decay >= 0, 'weight_decay', 'a number >= 0')
-    need(isinstance(config.get('preload_images', False), bool), 'preload_images', 'True or False')
-    need(isinstance(config.get('half_precision', False), bool), 'half_precision', 'True or False')
-    smoothing = config.get('label_smoothing', 0.0)
+    for field in ('preload_images', 'half_precision', 'nesterov', 'flip', 'autoaugment'):
+      need(isinstance(_field(config, field), bool), field, 'True or False')
+    smoothing = _field(config, 'label_smoothing')
     need(_is_number(smoothing) and 0 <= smoothing < 1, 'label_smoothing', 'a number in [0, 1)')
-    warmup, epochs = config.get('warmup_epochs', 0.0), config.get('num_epochs')
+    warmup, epochs = _field(config, 'warmup_epochs'), _field(config, 'num_epochs')
     need(
       _is_number(warmup) and 0 <= warmup and (not _is_number(epochs) or warmup < epochs),
       'warmup_epochs',
@@ -149,8 +147,8 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
       ('weight_decay_on', ('all', 'kernels')),
       ('threshold_init', ('constant', 'percentile')),
     ):
-      need(config.get(field, allowed[0]) in allowed, field, f'one of {list(allowed)}')
-    percentile = config.get('threshold_percentile', 99.0)
+      need(_field(config, field) in allowed, field, f'one of {list(allowed)}')
+    percentile = _field(config, 'threshold_percentile')
     need(
       _is_number(percentile) and 0 < percentile <= 100,
       'threshold_percentile',
@@ -160,29 +158,4 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     raise ValueError(
       'The config cannot run: ' + '; '.join(problems) + '. Fix these fields '
       '(--config.<field>=...) and start again.'
-    )
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing for train.py and convert.py (`app.run(main, flags_parser=parse_flags)`).
-
-  An override of a field the config does not have (`--config.num_epoch=5`) ends like any other
-  flag error, in one message with ml_collections' spelling hint, instead of its AttributeError
-  traceback.
-  """
-  try:
-    return app.parse_flags_with_usage(argv)
-  except AttributeError as error:
-    cause = error.args[0] if error.args else error
-    detail = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-    overrides = [arg.split('=', 1)[0] for arg in argv if arg.startswith('--config.')]
-    named = [
-      flag for flag in overrides if any(f"'{field}'" in detail for field in flag.split('.')[1:])
-    ]
-    if not named:  # not an override's: an error in the config file itself
-      raise
-    sys.exit(
-      f'FATAL Flags parsing error: {named[0]} names a field the config does not have: '
-      f'{detail}\nOnly the fields of the config file can be overridden: check the '
-      'spelling against it.'
     )

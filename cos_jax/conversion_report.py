@@ -1,5 +1,7 @@
 """The conversion report: ANN, plain QCFS conversion and COS accuracy at every T, offset spikes,
-firing rates, synaptic operations and an energy estimate; written as JSON, markdown and PNG.
+firing rates, synaptic operations and an energy estimate, written into the workdir as JSON and,
+through `report_rendering`, as markdown and PNG; and convert.py's entry point,
+`convert_and_report`.
 
 Energy constants (Horowitz, ISSCC 2014, 45 nm, 32-bit float): a multiply-accumulate costs
 ENERGY_MAC_PJ, an accumulate (one synaptic event of a spike) ENERGY_AC_PJ. The SNN pays MACs only
@@ -15,16 +17,25 @@ import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
-from cos_jax import data, parallel, xla
+from cos_jax import (
+  config_checks,
+  input_pipeline,
+  parallel,
+  report_rendering,
+  run_state,
+  sources,
+  torch_import,
+  xla,
+)
 from cos_jax import snn as snn_lib
 from cos_jax import workdir as workdir_lib
 from cos_jax.augment import EvalTransform
 
 ENERGY_MAC_PJ = 4.6
 ENERGY_AC_PJ = 0.9
-REPORTED_T = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def _show_progress(done: int, total: int, started: float, label: str, first: int = 0) -> None:
@@ -105,7 +116,7 @@ def _fingerprint(config, variables) -> str:
   """What the conversion's totals depend on besides the code: the variables (their SHA-256), the
   conversion settings and the test data's source and preprocessing."""
   settings = {
-    key: config.get(key)
+    key: config[key]
     for key in (
       'arch',
       'levels',
@@ -124,7 +135,7 @@ def _fingerprint(config, variables) -> str:
 
 
 def evaluate_conversion(
-  config, model, variables, split: data.Split, progress_path: Path | None = None
+  config, model, variables, split: sources.Split, progress_path: Path | None = None
 ) -> dict:
   """Runs the ANN and every SNN method over the split and returns the raw report dict.
 
@@ -135,7 +146,7 @@ def evaluate_conversion(
   conversion = config.conversion
   max_T = conversion.max_T
   statistics_T = conversion.statistics_T
-  split = data.subset(split, conversion.num_examples)
+  split = sources.subset(split, conversion.num_examples)
   n = len(split)
   network = snn_lib.convert(model, variables)
   mesh = parallel.data_mesh()
@@ -156,11 +167,11 @@ def evaluate_conversion(
     layer_stats = {name: {} for name, _ in methods}
   ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
-  batches = data.eval_batches(
+  batches = input_pipeline.eval_batches(
     split,
     conversion.batch_size,
     EvalTransform.from_config(config),
-    threads=data.pipeline_threads(config),
+    threads=config.data_threads,
     process_index=0,
     process_count=1,  # whole batches in every process
     start_batch=batches_done,
@@ -169,7 +180,7 @@ def evaluate_conversion(
   for batch_index, (start, (images, labels, real)) in enumerate(
     zip(starts, batches, strict=True), start=batches_done + 1
   ):
-    images, labels = data.normalise(images[real], config.mean, config.std), labels[real]
+    images, labels = input_pipeline.normalise(images[real], config.mean, config.std), labels[real]
     if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
       (images,) = parallel.shard_global_batch(mesh, images)
     ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
@@ -243,109 +254,9 @@ def evaluate_conversion(
   return report
 
 
-def to_markdown(report: dict, title: str) -> str:
-  """The report as markdown tables."""
-  ts = [t for t in REPORTED_T if t <= report['max_T']]
-  lines = [
-    f'# {title}',
-    '',
-    f'{report["examples"]} test images; T is the number of simulated steps after the rho '
-    f'pre-simulation steps, so the latency is rho + T; COS rounds k = {report["rounds"]}.',
-    '',
-    '## Accuracy (%)',
-    '',
-    '| method | rho | ANN | ' + ' | '.join(f'T={t}' for t in ts) + ' |',
-    '|---|---|---|' + '---|' * len(ts),
-  ]
-  for name, method in report['methods'].items():
-    accuracy = method['accuracy_by_T']
-    lines.append(
-      f'| {name} | {method["rho"]} | {100 * report["ann_accuracy"]:.2f} | '
-      + ' | '.join(f'{100 * accuracy[t - 1]:.2f}' for t in ts)
-      + ' |'
-    )
-  bins = report['offset_spike_bins']
-  labels = [f'psi<={bins[0]}'] + [f'psi={b:+d}' for b in bins[1:-1]] + [f'psi>=+{bins[-1]}']
-  lines += [
-    '',
-    f'## Offset spikes per layer over T = {report["statistics_T"]} steps (share of neurons, %)',
-    '',
-    '| method | layer | ' + ' | '.join(labels) + ' | firing rate |',
-    '|---|---|' + '---|' * (len(labels) + 1),
-  ]
-  for name, method in report['methods'].items():
-    for layer, values in method['layers'].items():
-      if 'offset_spike_shares' in values:
-        shares = ' | '.join(f'{100 * s:.2f}' for s in values['offset_spike_shares'])
-        lines.append(f'| {name} | {layer} | {shares} | {values["firing_rate"]:.4f} |')
-  lines += [
-    '',
-    f'## Synaptic operations and energy per image over T = {report["statistics_T"]} steps',
-    '',
-    f'Energy: {report["energy_constants_pj"]["mac"]} pJ per MAC, '
-    f'{report["energy_constants_pj"]["ac"]} pJ per accumulate (45 nm); the SNN pays MACs '
-    'only in its first (analog-input) layer, once.',
-    '',
-    '| network | MACs (M) | synaptic ops (M) | energy (uJ) |',
-    '|---|---|---|---|',
-    f'| ANN | {report["ann_macs_per_image"] / 1e6:.2f} | - | '
-    f'{report["ann_energy_uj_per_image"]:.2f} |',
-  ]
-  for name, method in report['methods'].items():
-    lines.append(
-      f'| {name} | - | {method["synaptic_ops_per_image"] / 1e6:.2f} | '
-      f'{method["snn_energy_uj_per_image"]:.2f} |'
-    )
-  return '\n'.join(lines) + '\n'
-
-
-def plot(report: dict, path_prefix: Path) -> list[Path]:
-  """Accuracy against T, and the offset-spike histogram (all layers pooled) of each method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  ts = np.arange(1, report['max_T'] + 1)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.axhline(100 * report['ann_accuracy'], color='black', linestyle='--', label='ANN')
-  for name, method in report['methods'].items():
-    ax.plot(ts, 100 * np.asarray(method['accuracy_by_T']), marker='.', label=name)
-  ax.set_xscale('log', base=2)
-  ax.set_xlabel('T (steps after the rho pre-simulation steps)')
-  ax.set_ylabel('test accuracy (%)')
-  ax.legend()
-  ax.grid(alpha=0.3)
-  accuracy_path = path_prefix.with_name(path_prefix.name + '_accuracy.png')
-  fig.tight_layout()
-  fig.savefig(accuracy_path, dpi=120)
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  bins = np.asarray(report['offset_spike_bins'])
-  width = 0.8 / len(report['methods'])
-  for index, (name, method) in enumerate(report['methods'].items()):
-    shares = np.mean(
-      [v['offset_spike_shares'] for v in method['layers'].values() if 'offset_spike_shares' in v],
-      axis=0,
-    )
-    ax.bar(
-      bins + (index - (len(report['methods']) - 1) / 2) * width, 100 * shares, width, label=name
-    )
-  ax.set_xticks(bins, [f'<={bins[0]}'] + [f'{b:+d}' for b in bins[1:-1]] + [f'>=+{bins[-1]}'])
-  ax.set_yscale('log')
-  ax.set_xlabel('offset spike psi (actual - desired spikes)')
-  ax.set_ylabel('share of neurons, mean over layers (%)')
-  ax.set_title(f'offset spikes over T = {report["statistics_T"]} steps')
-  ax.legend()
-  histogram_path = path_prefix.with_name(path_prefix.name + '_offset_spikes.png')
-  fig.tight_layout()
-  fig.savefig(histogram_path, dpi=120)
-  plt.close(fig)
-  return [accuracy_path, histogram_path]
-
-
-def run(config, workdir, model, variables, split: data.Split, title: str | None = None) -> dict:
+def write_report(
+  config, workdir, model, variables, split: sources.Split, title: str | None = None
+) -> dict:
   """Evaluates the conversion and writes report.json, report.md and the plots into workdir."""
   workdir = Path(workdir)
   report = evaluate_conversion(config, model, variables, split, workdir / 'report_progress.json')
@@ -357,11 +268,48 @@ def run(config, workdir, model, variables, split: data.Split, title: str | None 
     'chunk': config.conversion.chunk,
   }
   title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, QCFS and COS'
-  markdown = to_markdown(report, title)
+  markdown = report_rendering.to_markdown(report, title)
   print(markdown, flush=True)
   if jax.process_index():
     return report  # one writer on a shared workdir
   (workdir / 'report.json').write_text(json.dumps(report, indent=1))
   (workdir / 'report.md').write_text(markdown)
-  plot(report, workdir / 'report')
+  report_rendering.plot(report, workdir / 'report')
   return report
+
+
+def convert_and_report(
+  workdir, config: ml_collections.ConfigDict | None = None, torch_checkpoint: str | None = None
+) -> dict:
+  """convert.py: the report of a run's checkpoint, or of an imported PyTorch checkpoint.
+
+  Args:
+    workdir: the run's folder; the report is written there.
+    config: the config to convert with; None reads the run's config.json. A config that
+      describes another network or run than the checkpoint's is refused
+      (`workdir.check_conversion_config`).
+    torch_checkpoint: a state_dict of the reference PyTorch code (.pth or .npz) to convert
+      instead of the workdir's checkpoint.
+
+  Returns:
+    The report, as written to report.json.
+  """
+  workdir = Path(workdir).expanduser()
+  if config is None:
+    config = workdir_lib.read_config(workdir)
+    if config is None:
+      raise FileNotFoundError(
+        f'{workdir / "config.json"} not found: pass --config=configs/<name>.py.'
+      )
+  elif not torch_checkpoint:
+    workdir_lib.check_conversion_config(workdir, config)
+  config_checks.check_config(config, training=False)
+  if torch_checkpoint:
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, variables = torch_import.load_torch_checkpoint(
+      torch_checkpoint, **run_state.model_arguments(config)
+    )
+  else:
+    model, variables = run_state.restore_variables(config, workdir)
+  test_split = sources.load(config, preload=False).test
+  return write_report(config, workdir, model, variables, test_split)

@@ -10,7 +10,7 @@ may only pass through operations that are linear in them, up to a constant bias:
 - residual additions and subtractions, scaling by constants or parameters.
 
 Each IF layer then receives, at every step, exactly the linear image of the spikes below it, and
-the spike counts approximate the QCFS activations (SPEC sections 1-3). A max, a ReLU or any other
+the spike counts approximate the QCFS activations (docs/method.md §§1-3). A max, a ReLU or any other
 pointwise nonlinearity, max pooling, a product or quotient of two activity-dependent values (as in
 attention, LayerNorm or gating) or control flow that depends on the activity does not commute with
 summing spikes over time, so the SNN would compute something other than the ANN. What acts on the
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
 
-from cos_jax.layers import Activation, Spiking
+from cos_jax.layers import Spiking, is_activation_call
 
 _TRACE_STEPS, _TRACE_BATCH = 3, 2  # distinct sizes, so that mixing the two axes shows
 
@@ -306,7 +306,7 @@ def _activation_outputs(model: nn.Module, variables, images) -> list[jax.ShapeDt
   shapes, unconverted = [], []
 
   def record(next_fun, args, kwargs, context):
-    if not isinstance(context.module, Activation) or context.method_name != '__call__':
+    if not is_activation_call(context):
       return next_fun(*args, **kwargs)
     if context.module.spiking is None:
       unconverted.append('/'.join((type(model).__name__,) + context.module.path))
@@ -349,7 +349,7 @@ def check_convertible(model: nn.Module) -> None:
 
   def traced(v, x, spikes):
     def replace(next_fun, args, kwargs, context):
-      if isinstance(context.module, Activation) and context.method_name == '__call__':
+      if is_activation_call(context):
         return spikes[next(outputs)]
       return next_fun(*args, **kwargs)
 

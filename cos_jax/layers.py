@@ -23,7 +23,7 @@ from cos_jax import neuron, xla
 from cos_jax.qcfs import qcfs
 
 INITIAL_THRESHOLD = 8.0
-"""The QCFS threshold lambda at initialisation (SPEC section 1)."""
+"""The QCFS threshold lambda at initialisation (docs/method.md §1)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,11 @@ class Activation(nn.Module):
       spike_count.value += jnp.tensordot(mask, spikes, axes=1)
       input_total.value += jnp.tensordot(mask, currents, axes=1)
     return spikes * threshold
+
+
+def is_activation_call(context: nn.module.InterceptorContext) -> bool:
+  """Whether a method interceptor's `context` is the call of an `Activation` layer."""
+  return isinstance(context.module, Activation) and context.method_name == '__call__'
 
 
 def _unrolled_kernel_indices(height: int, width: int, kernel_size, padding):

@@ -1,4 +1,4 @@
-"""QCFS networks (SPEC section 6): VGG-16, ResNet-18/20/34 and a tiny net for tests and digits.
+"""QCFS networks (docs/method.md §6): VGG-16, ResNet-18/20/34 and a tiny net for tests and digits.
 
 Every model is written once for both lives: with `spiking=None` it is the QCFS ANN taking
 [B, H, W, C] images; `convert` clones it with a `Spiking` mode, and the same layers then run a
@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cos_jax import checks
+from cos_jax import argument_checks
 from cos_jax.layers import Activation, BatchNorm, Conv, Spiking
 
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1
@@ -160,7 +160,6 @@ class TinyNet(nn.Module):
     return nn.Dense(self.num_classes, name='head')(x)
 
 
-VGG16 = VGG
 ResNet18 = functools.partial(
   ResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512), strides=(1, 2, 2, 2)
 )
@@ -172,7 +171,7 @@ ResNet20 = functools.partial(
 )
 
 ARCHITECTURES = {
-  'vgg16': VGG16,
+  'vgg16': VGG,  # VGG-16 are its defaults
   'resnet18': ResNet18,
   'resnet20': ResNet20,
   'resnet34': ResNet34,
@@ -250,7 +249,7 @@ def create_model(
       own network as 'package.module:ClassName' (`cos_jax.convertibility` says what it needs).
     num_classes: the number of output classes.
     levels: the QCFS quantization levels L.
-    imagenet: the ImageNet variant as the authors build it (SPEC section 6): 224x224 input
+    imagenet: the ImageNet variant as the authors build it (docs/method.md §6): 224x224 input
       (VGG-16's classifier then takes the 512x7x7 map); the ResNets keep their CIFAR-style 3x3
       stride-1 stem without pooling, so the authors' ImageNet checkpoints import.
     **overrides: further model fields (e.g. `dropout_rate`, `input_shape`, or
@@ -258,8 +257,8 @@ def create_model(
       the authors' networks do not have).
   """
   model_class = architecture(arch)
-  checks.check_positive_int('levels (L)', levels)
-  checks.check_positive_int('num_classes', num_classes)
+  argument_checks.check_positive_int('levels (L)', levels)
+  argument_checks.check_positive_int('num_classes', num_classes)
   if 'input_shape' in overrides:
     overrides['input_shape'] = _checked_input_shape(
       getattr(model_class, 'func', model_class), overrides['input_shape'], overrides

@@ -1,4 +1,4 @@
-"""The integrate-and-fire neuron and the offset-spike calibration rule (SPEC sections 2, 4, 5).
+"""The integrate-and-fire neuron and the offset-spike calibration rule (docs/method.md §§2, 4, 5).
 
 Everything here works in units of the threshold: the input current is already divided by theta,
 the neuron fires when its potential reaches 1 and is reset by subtracting 1. Arrays are time-major:
@@ -53,7 +53,7 @@ def run_if(initial_potential: jax.Array, currents: jax.Array) -> tuple[jax.Array
 
 
 def presimulate(initial_potential: jax.Array, currents: jax.Array) -> dict[str, jax.Array]:
-  """The COS pre-simulation statistics over the steps of `currents` (SPEC section 4, step 1).
+  """The COS pre-simulation statistics over the steps of `currents` (docs/method.md §4, step 1).
 
   Returns:
     A dict with `count` (spikes fired), `residual` (the final potential), `lowest_fired` (a: the
@@ -83,7 +83,7 @@ def presimulate(initial_potential: jax.Array, currents: jax.Array) -> dict[str, 
 
 
 def cos_shift(initial_potential: jax.Array, currents: jax.Array) -> jax.Array:
-  """One round of the COS rule: the change of the initial potential (SPEC section 4, steps 1-4).
+  """One round of the COS rule: the change of the initial potential (docs/method.md §4, steps 1-4).
 
   Args:
     initial_potential: the initial potential the pre-simulation starts from.

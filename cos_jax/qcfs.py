@@ -1,4 +1,4 @@
-"""QCFS, the quantization-clip-floor-shift activation that replaces ReLU (SPEC section 1).
+"""QCFS, the quantization-clip-floor-shift activation that replaces ReLU (docs/method.md §1).
 
     h(z) = lambda * clip(floor(z * L / lambda + 1/2) / L, 0, 1)
 

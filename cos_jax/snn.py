@@ -7,7 +7,7 @@ the membrane potentials are carried, so memory grows with the chunk length, neve
 
 COS needs, for each layer, the first rho input currents produced by the calibrated layers below
 it: that is exactly one chunk of rho steps in which each activation layer calibrates before it
-fires (SPEC section 4). The steps after it continue from the carried potentials, so calibrating
+fires (docs/method.md §4). The steps after it continue from the carried potentials, so calibrating
 and simulating T steps costs max(T, rho) steps of synaptic work, not rho + T.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct, traverse_util
 
-from cos_jax import checks, convertibility, models, neuron, xla
+from cos_jax import argument_checks, convertibility, models, neuron, xla
 from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
@@ -49,10 +49,6 @@ class Shifts:
   values: dict[str, Any]
   rho: int = struct.field(pytree_node=False)
   rounds: int = struct.field(pytree_node=False)
-
-  @property
-  def batch_size(self) -> int:
-    return jax.tree.leaves(self.values)[0].shape[0]
 
 
 def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
@@ -98,8 +94,8 @@ def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
         f'variables lack the {collection!r} collection; pass the full variables '
         'returned by model.init or the training state.'
       )
-    checks.check_same_tree(variables[collection], expected[collection], collection)
-  checks.check_variables_usable(variables)
+    argument_checks.check_same_tree(variables[collection], expected[collection], collection)
+  argument_checks.check_variables_usable(variables)
   convertibility.check_convertible(model)
   return SNN(model=model, variables={collection: variables[collection] for collection in expected})
 
@@ -276,8 +272,8 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
     raise TypeError(
       f'shifts must be the Shifts returned by calibrate, got {type(shifts).__name__}.'
     )
-  checks.check_positive_int('shifts.rho', shifts.rho)
-  checks.check_positive_int('shifts.rounds', shifts.rounds)
+  argument_checks.check_positive_int('shifts.rho', shifts.rho)
+  argument_checks.check_positive_int('shifts.rounds', shifts.rounds)
   leaves = jax.tree.leaves(shifts.values)
   if leaves and np.ndim(leaves[0]) and np.shape(leaves[0])[0] != images.shape[0]:
     raise ValueError(
@@ -291,7 +287,7 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
     )[1],
     images,
   )
-  checks.check_same_tree(shifts.values or {}, expected, 'shifts')
+  argument_checks.check_same_tree(shifts.values or {}, expected, 'shifts')
   for path, value in traverse_util.flatten_dict(dict(shifts.values)).items():
     if not bool(jnp.isfinite(value).all()):
       raise ValueError(
@@ -300,16 +296,46 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
       )
 
 
-def _validated(snn: SNN, images, T: int, chunk: int | None, rho: int = 1, rounds: int = 1):
+def _validated(snn: SNN, images, *, T: int, rounds: int, chunk: int | None):
+  """Checks what every simulation takes and returns the images as a JAX array."""
   if not isinstance(snn, SNN):
     raise TypeError(f'expected the SNN returned by cos_jax.convert, got {type(snn).__name__}.')
-  checks.check_images(images, snn.model.input_shape)
-  checks.check_positive_int('T', T)
-  checks.check_positive_int('rho', rho, minimum=0)
-  checks.check_positive_int('rounds', rounds)
+  argument_checks.check_images(images, snn.model.input_shape)
+  argument_checks.check_positive_int('T', T)
+  argument_checks.check_positive_int('rounds', rounds)
   if chunk is not None:
-    checks.check_positive_int('chunk', chunk)
+    argument_checks.check_positive_int('chunk', chunk)
   return jnp.asarray(images)  # keeps its float dtype: float64 runs stay float64
+
+
+def _simulation(
+  snn: SNN,
+  images: jax.Array,
+  *,
+  T: int,
+  rho: int,
+  rounds: int,
+  chunk: int | None,
+  shift_values: dict | None = None,
+  statistics_T: int = 0,
+):
+  """The compiled run behind `simulate`, `calibrate` and `calibrate_and_simulate`.
+
+  With rho, the first chunk is the rho steps of calibration (`rounds` > 0) or of the run from
+  calibrated `shift_values` (`rounds` = 0), and later chunks default to rho steps too; without
+  it every chunk has DEFAULT_CHUNK steps (or `chunk`).
+  """
+  chunk = chunk or rho or DEFAULT_CHUNK
+  return _simulate_jit(
+    snn,
+    images,
+    shift_values,
+    steps=T,
+    first_chunk=rho or min(T, chunk),
+    rounds=rounds,
+    chunk=chunk,
+    statistics_steps=statistics_T,
+  )
 
 
 def simulate(
@@ -333,35 +359,24 @@ def simulate(
     [T, B, num_classes] logits y(t) of each step (not summed): the prediction after t steps is
     the argmax of `logits[:t].sum(0)`.
   """
-  images = _validated(snn, images, T, chunk)
-  if chunk is None:
-    chunk = shifts.rho if isinstance(shifts, Shifts) else DEFAULT_CHUNK
-  if shifts is None:
-    return _simulate_jit(
-      snn,
-      images,
-      None,
-      steps=T,
-      first_chunk=min(T, chunk),
-      rounds=0,
-      chunk=chunk,
-      statistics_steps=0,
-    )[0]
-  _check_shifts(snn, images, shifts)
-  return _simulate_jit(
+  images = _validated(snn, images, T=T, rounds=1, chunk=chunk)
+  if shifts is not None:
+    _check_shifts(snn, images, shifts)
+  return _simulation(
     snn,
     images,
-    shifts.values,
-    steps=T,
-    first_chunk=shifts.rho,
+    T=T,
+    rho=shifts.rho if shifts is not None else 0,
     rounds=0,
     chunk=chunk,
-    statistics_steps=0,
+    shift_values=shifts.values if shifts is not None else None,
   )[0]
 
 
 def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
-  """COS: calibrates every IF neuron's initial potential on the first rho steps (SPEC section 4).
+  """COS: calibrates every IF neuron's initial potential on the first rho steps.
+
+  The rule is docs/method.md §4 (the COS paper's section 4).
 
   Args:
     snn: the network from `convert`.
@@ -373,11 +388,9 @@ def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
   Returns:
     The per-sample, per-neuron shifts in threshold units (add 1/2 for the initial potential).
   """
-  images = _validated(snn, images, 1, 1, rho, rounds)
-  checks.check_positive_int('rho', rho)
-  shifts = _simulate_jit(
-    snn, images, None, steps=rho, first_chunk=rho, rounds=rounds, chunk=rho, statistics_steps=0
-  )[1]
+  argument_checks.check_positive_int('rho', rho)
+  images = _validated(snn, images, T=rho, rounds=rounds, chunk=None)
+  shifts = _simulation(snn, images, T=rho, rho=rho, rounds=rounds, chunk=None)[1]
   return Shifts(values=shifts, rho=rho, rounds=rounds)
 
 
@@ -403,21 +416,19 @@ def calibrate_and_simulate(
     the neurons) and the number of spikes (`spikes`), and per Conv and Dense layer the number of
     non-zero inputs (`nonzero_inputs`, the synaptic events); else None.
   """
-  images = _validated(snn, images, T, chunk, rho, rounds)
-  if chunk is None:
-    chunk = rho or DEFAULT_CHUNK
-  if statistics_T and not 1 <= statistics_T <= T:
+  argument_checks.check_positive_int('rho', rho, minimum=0)
+  images = _validated(snn, images, T=T, rounds=rounds, chunk=chunk)
+  argument_checks.check_positive_int('statistics_T', statistics_T, minimum=0)
+  if statistics_T > T:
     raise ValueError(f'statistics_T must be 0 (off) or between 1 and T={T}, got {statistics_T}.')
-  first_chunk = rho if rho else min(T, chunk)
-  logits, shifts, summary = _simulate_jit(
+  logits, shifts, summary = _simulation(
     snn,
     images,
-    None,
-    steps=T,
-    first_chunk=first_chunk,
+    T=T,
+    rho=rho,
     rounds=rounds if rho else 0,
     chunk=chunk,
-    statistics_steps=statistics_T,
+    statistics_T=statistics_T,
   )
   return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary
 

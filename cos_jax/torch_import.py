@@ -1,4 +1,4 @@
-"""Import of the reference PyTorch code's checkpoints (state_dict names in SPEC section 6).
+"""Import of the reference PyTorch code's checkpoints (state_dict names in docs/method.md §6).
 
 `load_torch_checkpoint` reads a state_dict saved as `.pth` (needs torch, the `torch` extra) or
 as `.npz` (numpy arrays under the same key names; no torch needed) and returns a cos_jax model
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from cos_jax import checks, models
+from cos_jax import argument_checks, models
 
 # Flax leaf name -> PyTorch leaf name, per layer kind.
 _LEAF_NAMES = {
@@ -165,7 +165,7 @@ def export_state_dict(model: nn.Module, variables: dict) -> dict[str, np.ndarray
   _check_has_reference(model)
   expected = models.abstract_variables(model)
   for collection in ('params', 'batch_stats'):
-    checks.check_same_tree(variables.get(collection, {}), expected[collection], collection)
+    argument_checks.check_same_tree(variables.get(collection, {}), expected[collection], collection)
   state_dict = {}
   for key, collection, path, leaf, kind, _ in _expected_keys(model):
     value = traverse_util.flatten_dict(variables[collection])[path + (leaf,)]
@@ -228,12 +228,9 @@ def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray])
     if key in state_dict and tuple(np.shape(state_dict[key])) != _torch_shape(kind, leaf, shape)
   ]
   if problems:
-    shown = '; '.join(problems[:20]) + (
-      f' (and {len(problems) - 20} more)' if len(problems) > 20 else ''
-    )
     raise ValueError(
       f'The state_dict does not fit {type(model).__name__} '
-      f'(num_classes={model.num_classes}): {shown}.'
+      f'(num_classes={model.num_classes}): {argument_checks.listed(problems)}.'
     )
   flat = {}
   for key, collection, path, leaf, kind, shape in expected:
@@ -241,12 +238,12 @@ def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray])
       _from_torch(model, kind, path, leaf, state_dict[key], shape)
     )
   variables = traverse_util.unflatten_dict(flat)
-  checks.check_variables_usable(variables)
+  argument_checks.check_variables_usable(variables)
   return variables
 
 
 def load_torch_checkpoint(
-  path, arch: str, num_classes: int, L: int, *, imagenet: bool = False, **model_overrides
+  path, arch: str, num_classes: int, levels: int, *, imagenet: bool = False, **model_overrides
 ) -> tuple[nn.Module, dict]:
   """Loads a checkpoint of the reference PyTorch code as a cos_jax model and its variables.
 
@@ -254,7 +251,7 @@ def load_torch_checkpoint(
     path: a `.pth` state_dict (needs torch) or a `.npz` of the same arrays under the same names.
     arch: 'vgg16', 'resnet18', 'resnet20' or 'resnet34'.
     num_classes: the number of classes the checkpoint was trained for.
-    L: the QCFS quantization levels it was trained with.
+    levels: the QCFS quantization levels L it was trained with.
     imagenet: the ImageNet variant of the architecture.
     **model_overrides: further model fields (e.g. `input_shape`).
 
@@ -262,7 +259,7 @@ def load_torch_checkpoint(
     `(model, variables)`, with `model.apply(variables, images, train=False)` the QCFS ANN.
   """
   model = models.create_model(
-    arch, num_classes=num_classes, levels=L, imagenet=imagenet, **model_overrides
+    arch, num_classes=num_classes, levels=levels, imagenet=imagenet, **model_overrides
   )
   _check_has_reference(model)
   return model, state_dict_to_variables(model, _read_state_dict(Path(path).expanduser()))

@@ -1,5 +1,5 @@
-"""A run's folder: one process at a time, resumed only by the config that started it, and
-restored from the newest checkpoint that is whole.
+"""A run's folder: one process at a time, resumed only by the config that started it, its
+metrics log, and its restore from the newest checkpoint that is whole.
 
     with workdir.exclusive(path):           # a second train.py on the same folder is refused
       workdir.check_resumed_config(path, config)
@@ -11,10 +11,10 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
@@ -35,17 +35,39 @@ RESUMABLE_CHANGES = (
 )
 
 
-@contextlib.contextmanager
-def resumable_on_interrupt(path, resumes: str):
-  """Ctrl-C in train.py or convert.py ends the process with one line saying how the run resumes
-  (`resumes`: from where), not a traceback; exit status 130, as a shell reports an interrupted
-  command. Whatever the run was doing has been wound down by then (checkpoint manager closed,
-  lock released)."""
-  try:
-    yield
-  except KeyboardInterrupt:
-    sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
-    sys.exit(130)
+class MetricsLog:
+  """metrics.jsonl: one JSON object per line; a resumed run drops the lines past its checkpoint.
+
+  A kill while a line is being written leaves it torn: a last line that does not parse is
+  dropped (with a note); an unreadable line anywhere else is an error naming the file and line.
+  """
+
+  def __init__(self, path: Path, resumed_step: int):
+    self.path = path
+    if path.exists() and jax.process_index() == 0:
+      lines = path.read_text().splitlines()
+      records = []
+      for number, line in enumerate(lines, start=1):
+        if not line.strip():
+          continue
+        try:
+          records.append((line, json.loads(line)))
+        except json.JSONDecodeError as error:
+          if number < len(lines):
+            raise ValueError(
+              f'{path}, line {number}, is not JSON ({error}): repair or remove that line to resume.'
+            ) from error
+          print(
+            f'Dropped the torn last line of {path} (a write interrupted): {line[:80]!r}', flush=True
+          )
+      kept = [line for line, record in records if record.get('step', 0) <= resumed_step]
+      path.write_text(''.join(line + '\n' for line in kept))
+
+  def write(self, **record) -> None:
+    if jax.process_index():
+      return  # one writer on a shared workdir
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
 
 
 class WorkdirBusyError(RuntimeError):
@@ -83,6 +105,47 @@ def exclusive(workdir: Path):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Fields the configs gained after runs were written without them, each with the value such a run
+# had (the behaviour before the field existed): a config.json without one reads as that.
+FIELDS_BEFORE_THEY_EXISTED = {
+  'data_threads': 1,
+  'data_workers': 0,
+  'digits_test_size': 360,
+  'half_precision': False,
+  'label_smoothing': 0.0,
+  'levels_schedule': '',
+  'lr_schedule': 'cosine',
+  'nesterov': False,
+  'preload_images': False,
+  'preprocess': 'cifar',
+  'tfds_dir': '',
+  'threshold_init': 'constant',
+  'threshold_init_examples': 256,
+  'threshold_percentile': 99.0,
+  'warmup_epochs': 0.0,
+  'weight_decay_on': 'all',
+}
+
+
+def read_config(workdir: Path) -> ml_collections.ConfigDict | None:
+  """The run's `config.json` (None if there is none), with the fields it predates filled in.
+
+  Raises:
+    ValueError: the file is not JSON; the message names it.
+  """
+  path = workdir / 'config.json'
+  if not path.is_file():
+    return None
+  try:
+    stored = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(
+      f"{path} is not valid JSON ({error}): restore it from the run's log or pass the "
+      'config the run was trained with (--config=...).'
+    ) from error
+  return ml_collections.ConfigDict({**FIELDS_BEFORE_THEY_EXISTED, **stored})
+
+
 def _flat(tree: dict) -> dict:
   return {'.'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
 
@@ -90,7 +153,8 @@ def _flat(tree: dict) -> dict:
 def check_resumed_config(workdir: Path, config) -> None:
   """Raises ValueError if `config` differs from the run's `config.json` beyond what may change.
 
-  Fields missing from either side (a config written by an older cos_jax) are not compared.
+  A field the run's config.json predates compares as the value the run had
+  (`FIELDS_BEFORE_THEY_EXISTED`); one the given config lacks is not compared.
   """
   changed = _changed_fields(workdir, config, RESUMABLE_CHANGES)
   if changed:
@@ -116,10 +180,10 @@ def check_conversion_config(workdir: Path, config) -> None:
 def _changed_fields(workdir: Path, config, may_change: tuple[str, ...]) -> str:
   """The fields of `config` that differ from the run's `config.json` outside `may_change`, each
   with both values ('' if none or no config.json)."""
-  path = workdir / 'config.json'
-  if not path.is_file():
+  run_config = read_config(workdir)
+  if run_config is None:
     return ''
-  stored = _flat(json.loads(path.read_text()))
+  stored = _flat(json.loads(run_config.to_json_best_effort()))
   given = _flat(json.loads(config.to_json_best_effort()))
   changed = sorted(
     key

@@ -1,11 +1,32 @@
-"""Shared test networks: built once per session so their compiled functions are shared too."""
+"""Shared test networks and a finished test run: built once per session (per worker), so that
+their compiled functions are shared too."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 import cos_jax
+from configs import test as test_config
+from cos_jax import training
 from tests import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_with(**overrides):
+  """configs/test.py with `overrides` applied."""
+  config = test_config.get_config()
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='session')
+def finished_run(tmp_path_factory):
+  """(workdir, final state) of a whole configs/test.py run; copy the workdir to change it."""
+  workdir = tmp_path_factory.mktemp('run')
+  state = training.train_and_evaluate(config_with(), str(workdir))
+  return workdir, state
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A deliberately simple NumPy re-implementation of the networks, the IF simulation and COS.
 
-It works layer by layer over whole time sequences, exactly as SPEC section 4 reads, with none of
+It works layer by layer over whole time sequences, exactly as docs/method.md §4 reads, with none of
 cos_jax's chunking, scans or Flax: an independent check. The test networks are built from dyadic
 numbers (small multiples of powers of two), for which every float32 operation below is exact,
 so agreement is spike for spike and the ties (potential exactly 1) really occur.
@@ -101,12 +101,12 @@ def dense(x, layer):
 
 
 def qcfs(z, threshold, levels):
-  """The ANN activation, per SPEC section 1."""
+  """The ANN activation, per docs/method.md §1."""
   return threshold * np.clip(np.floor(z * levels / threshold + F32(0.5)) / levels, 0, 1)
 
 
 def cos_shift(v0, currents):
-  """One round of SPEC section 4, steps 1-4, on [rho, ...] currents in threshold units."""
+  """One round of docs/method.md §4, steps 1-4, on [rho, ...] currents in threshold units."""
   v = v0.copy()
   count = np.zeros_like(v0)
   a = np.full_like(v0, np.inf)

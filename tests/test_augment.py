@@ -190,3 +190,16 @@ def test_imagenet_training_view_is_a_resized_crop_and_a_flip():
     rng = np.random.default_rng(seed)
     crop = augment.random_resized_crop(image, 16, rng)
     np.testing.assert_array_equal(view, crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+
+def test_augmentations_keep_shape_and_are_seeded():
+  image = np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8)
+  full = augment.TrainTransform('cifar', 32, 32, 4, True, True, 16, (0.5, 0.5, 0.5))
+  a = full(image, np.random.default_rng(1))
+  b = full(image, np.random.default_rng(1))
+  assert a.shape == image.shape and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  crops = [augment.pad_and_crop(image, 4, np.random.default_rng(seed)) for seed in range(8)]
+  assert any((crop == 0).all(-1).any() for crop in crops)  # zero padding shows
+  square = augment.cutout(np.ones((32, 32, 1), np.uint8), 16, np.zeros(1), np.random.default_rng(3))
+  assert 0 < (square == 0).sum() <= 256

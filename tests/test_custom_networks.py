@@ -12,7 +12,7 @@ from flax import traverse_util
 
 import cos_jax
 from configs import test as test_config
-from cos_jax import config_checks, training
+from cos_jax import config_checks, run_state, training
 from cos_jax.convertibility import NotConvertibleError
 from tests import custom_networks, reference
 from tests.conftest import Net
@@ -64,7 +64,7 @@ def test_a_config_naming_a_custom_network_trains_and_converts(tmp_path):
   report = json.loads((tmp_path / 'report.json').read_text())
   assert report['config']['arch'] == config.arch
   assert len(report['methods']['cos_rho2']['accuracy_by_T']) == config.conversion.max_T
-  model, variables = training.restore_variables(config, str(tmp_path))
+  model, variables = run_state.restore_variables(config, str(tmp_path))
   assert isinstance(model, custom_networks.SeparableNet)
   assert 'depthwise_conv' in variables['params']
 
@@ -168,5 +168,5 @@ def test_the_readme_example_network_keeps_the_contract():
 
   config = custom_network.get_config()
   config_checks.check_config(config)
-  model = training.create_model(config)
+  model = run_state.create_model(config)
   cos_jax.convert(model, reference.ones_like_variables(model))

@@ -65,6 +65,9 @@ def test_bad_rho_and_rounds(snn):
     cos_jax.calibrate(snn, GOOD, rho=2, rounds=0)
   with pytest.raises(ValueError, match='statistics_T'):
     cos_jax.calibrate_and_simulate(snn, GOOD, 4, rho=2, statistics_T=5)
+  for not_a_count in (1.5, 2.7, np.float64(2.0)):
+    with pytest.raises(ValueError, match='statistics_T must be an integer >= 0'):
+      cos_jax.calibrate_and_simulate(snn, GOOD, 4, rho=2, statistics_T=not_a_count)
 
 
 def test_shifts_from_another_batch(snn):
@@ -158,7 +161,9 @@ def test_broken_variables_are_refused_naming_the_leaf(
   state_dict['conv2_x.1.residual_function.3.weight'][0, 0, 0, 0] = value
   np.savez(tmp_path / 'broken.npz', **state_dict)
   with pytest.raises(ValueError, match='stage1_block1/conv2/kernel has 1 NaN'):
-    cos_jax.load_torch_checkpoint(tmp_path / 'broken.npz', arch='resnet20', num_classes=10, L=4)
+    cos_jax.load_torch_checkpoint(
+      tmp_path / 'broken.npz', arch='resnet20', num_classes=10, levels=4
+    )
 
 
 def test_simulation_compiles_once_per_shape(snn):
@@ -178,7 +183,8 @@ def test_simulation_compiles_once_per_shape(snn):
 @pytest.mark.parametrize(
   'overrides,message',
   [
-    ({'conversion.rhos': (0, 2)}, r'conversion.rhos=\(0, 2\) \(integers >= 1'),
+    ({'conversion.rhos': (0, 2)}, r'conversion.rhos=\(0, 2\) \(distinct integers >= 1'),
+    ({'conversion.rhos': (2, 2)}, r'conversion.rhos=\(2, 2\) \(distinct integers >= 1'),
     ({'conversion.max_T': 0}, r'conversion.max_T=0 \(an integer >= 1\)'),
     (
       {'conversion.statistics_T': 9},

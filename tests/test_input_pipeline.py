@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs import imagenet
 from configs import test as test_config
-from cos_jax import augment, data, training
+from cos_jax import augment, input_pipeline, sources, training
 
 SIZES = ((40, 60), (64, 48), (50, 50), (33, 70))  # (height, width): sizes and shapes differ
 
@@ -55,7 +55,7 @@ def test_an_imagenet_folder_trains_through_the_imagenet_config(tmp_path):
   broken.write_bytes(b'\xff\xd8\xff\xe0 not a whole JPEG')
   config = _shrunk_imagenet_config(root)
   assert config.preprocess == 'imagenet'
-  with pytest.raises(data.DataError, match=r'cannot decode .*n01443537/broken.JPEG.*replace or'):
+  with pytest.raises(sources.DataError, match=r'cannot decode .*n01443537/broken.JPEG.*replace or'):
     training.train_and_evaluate(config, str(tmp_path / 'with_broken_file'))
   broken.unlink()
   state = training.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -76,10 +76,10 @@ def test_tfds_source_reads_through_its_data_source():
     std=(0.25,) * 3,
   )
   with tfds.testing.mock_data(num_examples=12):
-    dataset = data.load(config)
-    assert isinstance(dataset.train, data.TfdsSplit) and dataset.num_classes == 10
+    dataset = sources.load(config)
+    assert isinstance(dataset.train, sources.TfdsSplit) and dataset.num_classes == 10
     images, labels = next(
-      data.train_batches(
+      input_pipeline.train_batches(
         dataset.train,
         batch_size=4,
         seed=0,
@@ -92,3 +92,69 @@ def test_tfds_source_reads_through_its_data_source():
     assert labels.shape == (4,) and ((0 <= labels) & (labels < 10)).all()
     image, label = dataset.test[0]
     assert image.shape == (32, 32, 3) and isinstance(label, int)
+
+
+def _identity(image, rng):
+  del rng
+  return image
+
+
+def test_batch_order_is_a_function_of_the_step():
+  split = sources.ArraySplit(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1), np.arange(40))
+  whole = list(
+    input_pipeline.train_batches(
+      split, batch_size=8, seed=3, start_step=0, num_steps=12, transform=_identity
+    )
+  )
+  tail = list(
+    input_pipeline.train_batches(
+      split, batch_size=8, seed=3, start_step=7, num_steps=12, transform=_identity
+    )
+  )
+  for (a, la), (b, lb) in zip(whole[7:], tail, strict=True):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+  epochs = [np.concatenate([labels for _, labels in whole[5 * e : 5 * e + 5]]) for e in (0, 1)]
+  assert sorted(epochs[0]) == list(range(40))  # an epoch visits every example once
+  assert (epochs[0] != epochs[1]).any()  # and every epoch in a new order
+
+
+def test_processes_read_disjoint_shares_that_make_the_global_batch():
+  split = sources.ArraySplit(np.arange(48, dtype=np.uint8).reshape(48, 1, 1, 1), np.arange(48))
+
+  def batches(index, count):
+    return list(
+      input_pipeline.train_batches(
+        split,
+        batch_size=8,
+        seed=1,
+        start_step=2,
+        num_steps=9,
+        process_index=index,
+        process_count=count,
+        transform=augment.TrainTransform('cifar', 1, 1, flip=True),
+      )
+    )
+
+  whole = batches(0, 1)
+  shares = [batches(index, 4) for index in range(4)]
+  for step, (images, labels) in enumerate(whole):
+    assert all(len(share[step][1]) == 2 for share in shares)
+    np.testing.assert_array_equal(np.concatenate([share[step][1] for share in shares]), labels)
+    np.testing.assert_array_equal(np.concatenate([share[step][0] for share in shares]), images)
+
+
+def test_worker_processes_give_the_batches_of_threads():
+  split = sources.ArraySplit(np.arange(32, dtype=np.uint8).reshape(32, 1, 1, 1) * 7, np.arange(32))
+  transform = augment.TrainTransform('cifar', 1, 1, flip=True)
+  threads, workers = (
+    list(
+      input_pipeline.train_batches(
+        split, batch_size=8, seed=2, start_step=1, num_steps=6, transform=transform, workers=count
+      )
+    )
+    for count in (0, 2)
+  )
+  for (a, la), (b, lb) in zip(threads, workers, strict=True):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)

@@ -45,7 +45,7 @@ def test_imagenet_variants(arch):
   assert logits.shape == (2, 1000)
   if arch == 'vgg16':
     assert variables['params']['fc1']['kernel'].shape == (512 * 7 * 7, 4096)
-  else:  # the authors' ImageNet ResNet-34 keeps the CIFAR-style stem (SPEC section 6)
+  else:  # the authors' ImageNet ResNet-34 keeps the CIFAR-style stem (docs/method.md §6)
     assert variables['params']['stem_conv']['kernel'].shape == (3, 3, 3, 64)
 
 

@@ -19,7 +19,7 @@ def _floor_straight_through_jvp(primals, tangents):
 
 
 def plain_qcfs(z, threshold, levels):
-  """SPEC section 1 as written, left to automatic differentiation."""
+  """docs/method.md §1 as written, left to automatic differentiation."""
   level = _floor_straight_through(z * levels / threshold + 0.5) / levels
   return threshold * jnp.where(level < 0.0, 0.0, jnp.where(level > 1.0, 1.0, level))
 

@@ -13,7 +13,7 @@ import pytest
 
 import cos_jax
 from configs import test as test_config
-from cos_jax import config_checks, data, training
+from cos_jax import config_checks, input_pipeline, optimizer, recipe, run_state, training
 from cos_jax.layers import Activation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,21 +37,19 @@ def _recipe_config():
 
 def test_levels_schedule():
   config = _recipe_config()
-  schedule = training.levels_schedule(config)
-  assert [training.levels_at(schedule, step, 16) for step in (0, 7, 8, 15)] == [16, 16, 4, 4]
-  config.levels_schedule = ''
-  assert training.levels_schedule(config) == [(0.0, 4)]
+  phases = recipe.parse_levels_schedule(config.levels_schedule, config.levels)
+  assert [recipe.levels_at(phases, step, 16) for step in (0, 7, 8, 15)] == [16, 16, 4, 4]
+  assert recipe.parse_levels_schedule('', config.levels) == [(0.0, 4)]
   for bad in ('0:16,0.5:8', '0.5:16,0.2:4', '0.2:16,0.5:4', '0:16;0.5:4', '0:16,1:4', '0:x'):
-    config.levels_schedule = bad
     with pytest.raises(ValueError, match='levels_schedule=.*must read'):
-      training.levels_schedule(config)
+      recipe.parse_levels_schedule(bad, config.levels)
 
 
 def test_thresholds_are_percentiles_of_each_layers_input_layer_by_layer():
   model = cos_jax.create_model('tiny', num_classes=5, levels=4)
   variables = cos_jax.init_variables(model, jax.random.key(0))
   images = jax.random.normal(jax.random.key(1), (32, 8, 8, 1))
-  params = training.data_driven_thresholds(model, variables, images, 90.0)
+  params = recipe.data_driven_thresholds(model, variables, images, 90.0)
   inputs = {}
 
   def record(next_fun, args, kwargs, context):
@@ -80,12 +78,12 @@ def test_thresholds_are_percentiles_of_each_layers_input_layer_by_layer():
 def test_schedules_and_the_kernel_only_weight_decay():
   config = _recipe_config()
   config.update(num_epochs=4, learning_rate=0.4, warmup_epochs=1)
-  schedule = training.create_schedule(config, 10)
+  schedule = optimizer.create_learning_rate_fn(config, 10)
   np.testing.assert_allclose(
     [schedule(s) for s in (0, 5, 10, 25, 40)], [0.0, 0.2, 0.4, 0.2, 0.0], atol=1e-6
   )
   config.warmup_epochs = 0.0  # a non-zero rate at step 0
-  tx, _ = training.create_optimizer(config, 10)
+  tx, _ = optimizer.create_optimizer(config, 10)
   model = cos_jax.create_model('tiny', num_classes=5, levels=4)
   params = cos_jax.init_variables(model, jax.random.key(0))['params']
   zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -99,8 +97,9 @@ def test_schedules_and_the_kernel_only_weight_decay():
 
 def test_train_step_loss_with_label_smoothing():
   config = _recipe_config()
-  model = training.create_model(config)
-  state = training.create_train_state(config, model, 8, jax.random.key(0))
+  model = run_state.create_model(config)
+  tx, _ = optimizer.create_optimizer(config, steps_per_epoch=8)
+  state = run_state.create_train_state(model, tx, jax.random.key(0))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
   labels = jnp.arange(8) % config.num_classes
   step = jax.jit(
@@ -109,7 +108,7 @@ def test_train_step_loss_with_label_smoothing():
   _, metrics = step(state, images, labels, jax.random.key(1))
   logits, _ = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
     {'params': state.params, 'batch_stats': state.batch_stats},
-    training._normalise_on_device(images, config.mean, config.std),
+    input_pipeline.normalise(images, config.mean, config.std),
   )
   classes = config.num_classes
   targets = 0.7 * jax.nn.one_hot(labels, classes) + 0.3 / classes
@@ -119,8 +118,9 @@ def test_train_step_loss_with_label_smoothing():
 
 def test_half_precision_computes_in_bfloat16_and_keeps_float32_state():
   config = test_config.get_config()  # no warm-up: the first step changes the parameters
-  model = training.create_model(config)
-  state = training.create_train_state(config, model, 8, jax.random.key(0))
+  model = run_state.create_model(config)
+  tx, _ = optimizer.create_optimizer(config, steps_per_epoch=8)
+  state = run_state.create_train_state(model, tx, jax.random.key(0))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)), jnp.uint8)
   labels = jnp.arange(8) % config.num_classes
   steps = {
@@ -159,7 +159,7 @@ def test_recipe_trains_switches_l_and_resumes_bit_identically(tmp_path, monkeypa
   out = capsys.readouterr().out
   assert 'step 0: training with L = 16' in out and 'step 8: training with L = 4' in out
   assert 'Thresholds set to the 99.0th percentile' in out
-  real_batches = data.train_batches
+  real_batches = input_pipeline.train_batches
 
   def interrupted_batches(*args, **kwargs):  # dies in step 7, after the checkpoint of step 5
     for index, batch in enumerate(real_batches(*args, **kwargs)):
@@ -167,10 +167,10 @@ def test_recipe_trains_switches_l_and_resumes_bit_identically(tmp_path, monkeypa
         raise _Interrupted
       yield batch
 
-  monkeypatch.setattr(data, 'train_batches', interrupted_batches)
+  monkeypatch.setattr(input_pipeline, 'train_batches', interrupted_batches)
   with pytest.raises(_Interrupted):
     training.train_and_evaluate(config, str(tmp_path / 'resumed'))
-  monkeypatch.setattr(data, 'train_batches', real_batches)
+  monkeypatch.setattr(input_pipeline, 'train_batches', real_batches)
   resumed = training.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert 'Resumed from the checkpoint at step 5' in capsys.readouterr().out
   for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params), strict=True):

@@ -25,7 +25,7 @@ RTOL = 1e-9
 def reference_run():
   """The imported network and images in float64, and the reference's outputs."""
   model, variables = cos_jax.load_torch_checkpoint(
-    FIXTURES / 'r20_fix_w.npz', arch='resnet20', num_classes=10, L=4
+    FIXTURES / 'r20_fix_w.npz', arch='resnet20', num_classes=10, levels=4
   )
   images = np.load(FIXTURES / 'x32_cifar.npy').transpose(0, 2, 3, 1)  # NCHW -> NHWC
   expected = {rho: dict(np.load(FIXTURES / f'r20_rho{rho}_f64.npz')) for rho in (0, RHO)}

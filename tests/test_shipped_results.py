@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cos_jax import config_checks, conversion_report, training
+from cos_jax import config_checks, report_rendering, run_state, workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / 'docs/results'
@@ -31,13 +31,13 @@ def fixed_batch(config) -> np.ndarray:
 
 
 def shipped_config(run: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads((RESULTS / run / 'config.json').read_text()))
+  return workdir.read_config(RESULTS / run)
 
 
 def shipped_logits(run: str) -> np.ndarray:
   """The logits of `fixed_batch` through the network shipped in docs/results/<run>."""
   config = shipped_config(run)
-  model, variables = training.restore_variables(config, RESULTS / run)
+  model, variables = run_state.restore_variables(config, RESULTS / run)
   return jax.jit(model.apply)(variables, fixed_batch(config))
 
 
@@ -60,7 +60,7 @@ METHODS_PER_TABLE = 4  # QCFS and COS at rho = 2, 4, 8
 def report_table_rows(report: dict) -> tuple[str, ...]:
   """The accuracy rows of a report.json as report.md writes them, named as the READMEs name the
   methods ('QCFS (no shifts)' for qcfs, 'COS' for cos_rho<N>)."""
-  lines = conversion_report.to_markdown(report, title='').splitlines()
+  lines = report_rendering.to_markdown(report, title='').splitlines()
   start = lines.index(ACCURACY_HEADER) + 2
   rows = lines[start : start + len(report['methods'])]
   return tuple(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cos_jax
-from cos_jax import torch_import, training
+from cos_jax import run_state, torch_import
 from tests import reference
 
 SMALL_VGG = dict(stages=((4,), (8, 8)), classifier_width=16, input_shape=(8, 8, 3))
@@ -19,7 +19,7 @@ def test_vgg16_and_resnet_key_names_match_the_reference():
   vgg = cos_jax.create_model('vgg16', num_classes=10, levels=4)
   shapes = torch_import.state_dict_shapes(vgg)
   keys = set(shapes)
-  assert len(keys) == 112  # SPEC section 6
+  assert len(keys) == 112  # docs/method.md §6
   assert shapes['layer1.0.weight'] == (64, 3, 3, 3)
   assert shapes['classifier.1.weight'] == (4096, 512)
   assert shapes['layer5.10.up'] == (1,)
@@ -87,7 +87,7 @@ def test_npz_round_trip_gives_the_numpy_network(tmp_path, arch):
     path,
     arch='vgg16' if arch == 'vgg' else 'resnet20',
     num_classes=model.num_classes,
-    L=model.levels,
+    levels=model.levels,
     **_overrides(model),
   )
   images = reference.dyadic_images((3, 8, 8, 3), 8)
@@ -148,7 +148,7 @@ def test_state_dict_errors_name_the_keys(tmp_path):
   np.savez(tmp_path / 'bad.npz', **broken)
   with pytest.raises(ValueError) as error:
     cos_jax.load_torch_checkpoint(
-      tmp_path / 'bad.npz', arch='vgg16', num_classes=4, L=4, **SMALL_VGG
+      tmp_path / 'bad.npz', arch='vgg16', num_classes=4, levels=4, **SMALL_VGG
     )
   message = str(error.value)
   assert 'missing layer1.2.up (expected shape (1,))' in message
@@ -158,9 +158,9 @@ def test_state_dict_errors_name_the_keys(tmp_path):
 
 def test_missing_file_and_tiny_arch(tmp_path):
   with pytest.raises(FileNotFoundError, match='No checkpoint file'):
-    cos_jax.load_torch_checkpoint(tmp_path / 'none.npz', arch='vgg16', num_classes=10, L=4)
+    cos_jax.load_torch_checkpoint(tmp_path / 'none.npz', arch='vgg16', num_classes=10, levels=4)
   with pytest.raises(ValueError, match='no PyTorch reference'):
-    cos_jax.load_torch_checkpoint(tmp_path / 'none.npz', arch='tiny', num_classes=10, L=4)
+    cos_jax.load_torch_checkpoint(tmp_path / 'none.npz', arch='tiny', num_classes=10, levels=4)
 
 
 @pytest.mark.parametrize('content', [b'', b'not a zip archive', b'PK\x03\x04 truncated'])
@@ -168,7 +168,7 @@ def test_unreadable_npz_names_the_file(tmp_path, content):
   path = tmp_path / 'broken.npz'
   path.write_bytes(content)
   with pytest.raises(ValueError, match=r'broken.npz is not a readable .npz archive.*np.savez'):
-    cos_jax.load_torch_checkpoint(path, arch='resnet20', num_classes=10, L=4)
+    cos_jax.load_torch_checkpoint(path, arch='resnet20', num_classes=10, levels=4)
 
 
 def test_export_refuses_what_does_not_fit():
@@ -205,7 +205,7 @@ def _batch_norm_keys(prefix: str, width: int) -> dict:
 
 
 def _authors_resnet34_shapes(num_classes: int) -> dict:
-  """Key -> shape of the authors' `resnet34(num_classes)`, written out from SPEC section 6 (the
+  """Key -> shape of the authors' `resnet34(num_classes)`, written out from docs/method.md §6 (the
   same class for CIFAR and ImageNet: a 3x3 stride-1 stem)."""
   shapes = {'conv1.0.weight': (64, 3, 3, 3), **_batch_norm_keys('conv1.1', 64), 'conv1.2.up': (1,)}
   width_in = 64
@@ -236,7 +236,7 @@ def _authors_resnet34_shapes(num_classes: int) -> dict:
 
 
 def _authors_vgg16_shapes(num_classes: int, classifier_in: int) -> dict:
-  """Key -> shape of the authors' `vgg16(num_classes)`, written out from SPEC section 6."""
+  """Key -> shape of the authors' `vgg16(num_classes)`, written out from docs/method.md §6."""
   shapes, width_in = {}, 3
   for stage, widths in enumerate(cos_jax.models.VGG16_STAGES, start=1):
     for n, width in enumerate(widths):
@@ -278,7 +278,7 @@ def test_the_authors_imagenet_checkpoints_import_into_the_imagenet_config(arch):
     else np.broadcast_to(np.float32(0.5), shape)
     for key, shape in shapes.items()
   }
-  model = training.create_model(config)
+  model = run_state.create_model(config)
   variables = torch_import.state_dict_to_variables(model, state_dict)
   assert variables['params']['stem_conv' if arch == 'resnet34' else 'conv1_0']['kernel'].shape == (
     3,

@@ -1,4 +1,5 @@
-"""Input checks that run before anything is traced, so bad input gets a plain-language error."""
+"""Checks of the API's arguments that run before anything is traced, so that bad input gets a
+plain-language error."""
 
 from collections.abc import Mapping
 
@@ -40,7 +41,8 @@ def check_positive_int(name: str, value, minimum: int = 1) -> None:
     raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')
 
 
-def _listed(problems: list[str], shown: int = 20) -> str:
+def listed(problems: list[str], shown: int = 20) -> str:
+  """The first `shown` problems joined by semicolons, and how many more there are."""
   more = f' (and {len(problems) - shown} more)' if len(problems) > shown else ''
   return '; '.join(problems[:shown]) + more
 
@@ -61,7 +63,7 @@ def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
     if k in given_flat and tuple(np.shape(given_flat[k])) != tuple(v.shape)
   ]
   if problems:
-    raise ValueError(f'{what} do not fit the model: {_listed(problems)}.')
+    raise ValueError(f'{what} do not fit the model: {listed(problems)}.')
 
 
 def check_variables_usable(variables: Mapping) -> None:
@@ -84,6 +86,6 @@ def check_variables_usable(variables: Mapping) -> None:
         problems.append(f'{name} (a BatchNorm variance) has {int((value <= 0).sum())} values <= 0')
   if problems:
     raise ValueError(
-      f'The variables cannot make a working network: {_listed(problems)}. '
+      f'The variables cannot make a working network: {listed(problems)}. '
       'Retrain, or check the checkpoint these variables came from.'
     )

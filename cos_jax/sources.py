@@ -1,8 +1,8 @@
-"""Data sources and the grain input pipeline.
+"""Data sources: random-access splits of (uint8 [H, W, C] image, int label) examples.
 
-Every source is a random-access split: `len(split)` examples, `split[i]` one (uint8 [H, W, C]
-image, int label), read when asked for, so nothing but the arrays that are small anyway (digits,
-synthetic data, CIFAR pickles) is held in memory:
+Every source is a split with `len(split)` examples and `split[i]` one of them, read when asked
+for, so nothing but the arrays that are small anyway (digits, synthetic data, CIFAR pickles) is
+held in memory:
   tfds          CIFAR-10/100, ImageNet through tensorflow-datasets' random-access `data_source`
                 (ArrayRecord files, prepared by tfds once; the download needs the internet).
   cifar_pickle  the `cifar-10-batches-py` / `cifar-100-python` folders other frameworks download.
@@ -12,38 +12,22 @@ synthetic data, CIFAR pickles) is held in memory:
   digits        scikit-learn's bundled 8x8 digits: real data that needs no download.
   synthetic     random class-dependent patterns, for tests.
 
-The pipeline (`train_batches`, `eval_batches`) is a grain `MapDataset`: batch k of the run is a
-pure function of (seed, k), so a resumed run starts at its checkpoint's step and sees exactly
-the batches an uninterrupted one would; each process reads and transforms only its own share of
-every global batch, in threads or worker processes.
+`input_pipeline` turns a split into batches.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
-import functools
-import math
 import pickle
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grain
-import jax
 import numpy as np
-from absl import flags
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
-DEFAULT_THREADS = 1
-"""Pipeline threads when a config does not say (`data_threads`): 1 outran 2 on 2 cores."""
 TFDS_NAMES = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'imagenet': 'imagenet2012'}
 CIFAR_PICKLE_FOLDERS = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}
-
-
-def pipeline_threads(config) -> int:
-  """The config's `data_threads`, or DEFAULT_THREADS where it does not say."""
-  return config.get('data_threads', DEFAULT_THREADS)
 
 
 class DataError(RuntimeError):
@@ -124,22 +108,13 @@ def load(config, *, preload: bool = True) -> Dataset:
   preload=False leaves an image folder on disk whatever `preload_images` says: for readers that
   see each image once, like the conversion report.
   """
-  loaders = {
-    'tfds': _load_tfds,
-    'cifar_pickle': _load_cifar_pickle,
-    'image_folder': functools.partial(
-      _load_image_folder, preload=preload and config.get('preload_images', False)
-    ),
-    'digits': _load_digits,
-    'synthetic': _load_synthetic,
-  }
-  if config.data_source not in loaders:
+  if config.data_source not in DATA_SOURCES:
     raise DataError(
-      f'Unknown data_source {config.data_source!r}: expected one of {sorted(loaders)}.'
+      f'Unknown data_source {config.data_source!r}: expected one of {list(DATA_SOURCES)}.'
     )
-  dataset = loaders[config.data_source](config)
-  if isinstance(dataset.train, ImageFolderSplit):  # decoded to the channels asked for
-    return dataset
+  if config.data_source == 'image_folder':  # decoded to the channels asked for
+    return _load_image_folder(config, preload=preload and config.preload_images)
+  dataset = _LOADERS[config.data_source](config)
   channels = np.shape(dataset.train[0][0])[-1]
   if channels != config.input_shape[2]:
     raise DataError(
@@ -174,7 +149,7 @@ def _load_tfds(config) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     splits = tfds.data_source(
-      name, split=['train', config.test_split], data_dir=config.get('tfds_dir') or None
+      name, split=['train', config.test_split], data_dir=config.tfds_dir or None
     )
   except ImportError as error:
     raise DataError(
@@ -319,7 +294,7 @@ def _load_image_folder(config, preload: bool) -> Dataset:
   )
   if preload:
     train, test = (
-      _preload(split, split_dirs[s], pipeline_threads(config))
+      _preload(split, split_dirs[s], config.data_threads)
       for split, s in ((train, 'train'), (test, config.test_split))
     )
   return Dataset(train, test, len(classes), tuple(classes))
@@ -362,8 +337,7 @@ def _load_digits(config) -> Dataset:
   images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
   order = np.random.default_rng(0).permutation(len(labels))  # a fixed, documented split
-  test = order[: config.get('digits_test_size', 360)]
-  train = order[config.get('digits_test_size', 360) :]
+  test, train = order[: config.digits_test_size], order[config.digits_test_size :]
   return Dataset(
     ArraySplit(images[train], labels[train]),
     ArraySplit(images[test], labels[test]),
@@ -401,160 +375,12 @@ def subset(split: Split, size: int) -> Split:
   return SubsetSplit(split, np.sort(np.random.default_rng(0).permutation(len(split))[:size]))
 
 
-def normalise(images: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 [..., C] images to float32, scaled to [0, 1] then normalised per channel."""
-  return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(
-    std, np.float32
-  )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Share:
-  """Where this process's examples lie: global batches of `batch_size`, of which the process
-  holds the `local` slots from `first`. Maps an index of the process's example stream to the
-  example's position in the global stream."""
-
-  batch_size: int
-  local: int
-  first: int
-
-  @classmethod
-  def of(cls, batch_size: int, process_index: int | None, process_count: int | None) -> '_Share':
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if batch_size % process_count:
-      raise ValueError(
-        f'The batch of {batch_size} cannot be split evenly over {process_count} '
-        'processes: make it a multiple of the process count.'
-      )
-    local = batch_size // process_count
-    return cls(batch_size, local, process_index * local)
-
-  def position(self, index: int) -> tuple[int, int]:
-    """(global batch, global position) of the process's `index`-th example."""
-    batch, slot = divmod(index, self.local)
-    return batch, batch * self.batch_size + self.first + slot
-
-
-@dataclasses.dataclass(frozen=True)
-class _TrainExample:
-  """The process's `index`-th training example, transformed with a generator seeded by its
-  position in the global stream (so the process count does not change what any example is)."""
-
-  split: Split
-  order: grain.MapDataset  # example indices, reshuffled every epoch
-  share: _Share
-  steps_per_epoch: int
-  transform: Any
-  seed: int
-
-  def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-    step, position = self.share.position(index)
-    epoch = step // self.steps_per_epoch
-    within = position - epoch * self.steps_per_epoch * self.share.batch_size
-    image, label = self.split[self.order[epoch * len(self.split) + within]]
-    rng = np.random.default_rng([self.seed, position])
-    return self.transform(image, rng), np.int32(label)
-
-
-def _iterate(dataset: grain.MapDataset, threads: int, workers: int) -> Iterator:
-  iterable = dataset.to_iter_dataset(
-    grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=max(2 * threads, 2))
-  )
-  if workers:
-    if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; train.py parses them
-      flags.FLAGS.mark_as_parsed()
-    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return iter(iterable)
-
-
-def train_batches(
-  split: Split,
-  *,
-  batch_size: int,
-  seed: int,
-  start_step: int,
-  num_steps: int,
-  transform,
-  threads: int = DEFAULT_THREADS,
-  workers: int = 0,
-  process_index: int | None = None,
-  process_count: int | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Yields this process's share (uint8 images, int32 labels) of the global batches of steps
-  start_step..num_steps-1; every epoch is a new permutation of the split, its remainder dropped.
-
-  Args:
-    split: the training split.
-    batch_size: the global batch size (over every process).
-    seed: the run's seed; batch k depends on (seed, k) only.
-    start_step, num_steps: the steps to produce.
-    transform: `transform(image, rng) -> image` of the fixed training shape.
-    threads: threads reading and transforming batches ahead of the step.
-    workers: grain worker processes doing that instead (0: in this process).
-    process_index, process_count: which share to read (default: this JAX process's).
-  """
-  steps_per_epoch = len(split) // batch_size
-  if steps_per_epoch < 1:
-    raise DataError(f'batch_size {batch_size} is larger than the training set ({len(split)}).')
-  share = _Share.of(batch_size, process_index, process_count)
-  epochs = math.ceil(num_steps / steps_per_epoch)
-  order = grain.MapDataset.range(len(split)).shuffle(seed=seed).repeat(epochs)
-  example = _TrainExample(split, order, share, steps_per_epoch, transform, seed)
-  dataset = (
-    grain.MapDataset.range(num_steps * share.local)
-    .map(example)
-    .batch(share.local, drop_remainder=True)
-  )
-  return _iterate(dataset[start_step:num_steps], threads, workers)
-
-
-@dataclasses.dataclass(frozen=True)
-class _EvalExample:
-  """The process's `index`-th evaluation example and whether it is real (not batch padding)."""
-
-  split: Split
-  share: _Share
-  transform: Any
-
-  def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    _, position = self.share.position(index)
-    if position >= len(self.split):
-      return np.zeros(self.transform.shape, np.uint8), np.int32(0), np.bool_(False)
-    image, label = self.split[position]
-    return self.transform(image), np.int32(label), np.bool_(True)
-
-
-def eval_batches(
-  split: Split,
-  batch_size: int,
-  transform,
-  *,
-  threads: int = DEFAULT_THREADS,
-  process_index: int | None = None,
-  process_count: int | None = None,
-  start_batch: int = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Yields this process's share (images, labels, real) of the split in order, in global
-  batches of `batch_size`, from batch `start_batch` on; the last one is padded with blank images
-  that `real` marks False.
-
-  `transform(image) -> image` of `transform.shape` (H, W, C) makes every image the model's size
-  (`augment.EvalTransform`).
-  """
-  share = _Share.of(batch_size, process_index, process_count)
-  batches = math.ceil(len(split) / batch_size)
-  example = _EvalExample(split, share, transform)
-  dataset = grain.MapDataset.range(batches * share.local).map(example).batch(share.local)
-  return _iterate(dataset[start_batch:], threads, workers=0)
-
-
-def examples(split: Split, transform, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """Every example of a (small) split, transformed, as (images, labels) arrays in this process."""
-  parts = [
-    (images[real], labels[real])
-    for images, labels, real in eval_batches(
-      split, batch_size, transform, process_index=0, process_count=1
-    )
-  ]
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+_LOADERS = {
+  'tfds': _load_tfds,
+  'cifar_pickle': _load_cifar_pickle,
+  'image_folder': _load_image_folder,
+  'digits': _load_digits,
+  'synthetic': _load_synthetic,
+}
+DATA_SOURCES = tuple(_LOADERS)
+"""The values of `config.data_source`."""

@@ -1,0 +1,153 @@
+"""The workdir: one process at a time, resume only with the run's config, damaged checkpoints and
+torn metrics lines, and Ctrl-C during a save or a run."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cos_jax import optimizer, run_state, training, workdir
+from tests.conftest import ROOT, config_with
+
+
+def test_a_second_process_on_a_workdir_is_refused_until_the_first_dies(tmp_path):
+  process = subprocess.Popen(
+    [sys.executable, '-m', 'tests.programs.hold_lock', str(tmp_path)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert process.stdout.readline().strip() == 'locked'
+    with pytest.raises(
+      workdir.WorkdirBusyError, match=f'in use by another process \\(pid {process.pid}\\)'
+    ):
+      training.train_and_evaluate(config_with(), str(tmp_path))
+  finally:
+    process.kill()  # SIGKILL: the operating system releases the lock
+    process.wait()
+  with workdir.exclusive(tmp_path):
+    pass
+
+
+def _copy_of(finished_run, tmp_path) -> Path:
+  copy = tmp_path / 'run'
+  shutil.copytree(finished_run[0], copy)
+  return copy
+
+
+def test_resume_refuses_another_config_naming_the_fields(finished_run, tmp_path):
+  run = _copy_of(finished_run, tmp_path)
+  with pytest.raises(
+    ValueError,
+    match=r'another config \(learning_rate: 0.2 in the run, 0.3 '
+    r'now; seed: 0 in the run, 1 now\)',
+  ):
+    training.train_and_evaluate(config_with(learning_rate=0.3, seed=1), str(run))
+  # What may change does not stop it: the finished run is simply evaluated again.
+  state = training.train_and_evaluate(config_with(log_every_steps=2), str(run))
+  assert int(state.step) == 16
+
+
+@pytest.mark.parametrize('damage', ['empty step folder', 'missing file', 'flipped bit'])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
+  finished_run, tmp_path, damage, capsys
+):
+  run = _copy_of(finished_run, tmp_path)
+  steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
+  latest = run / 'checkpoints' / str(steps[-1])
+  if damage == 'empty step folder':
+    shutil.rmtree(latest)
+    latest.mkdir()
+  elif damage == 'missing file':
+    (latest / 'default' / 'manifest.ocdbt').unlink()
+  else:  # zstd without checksums: this restores into slightly different, finite values
+    largest = max((latest / 'default').rglob('d/*'), key=lambda p: p.stat().st_size)
+    data_bytes = bytearray(largest.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 1
+    largest.write_bytes(bytes(data_bytes))
+  _, variables = run_state.restore_variables(config_with(), run)
+  assert f'Skipped the damaged checkpoint of step {steps[-1]}' in capsys.readouterr().out
+  np.testing.assert_array_equal(
+    variables['params']['head']['bias'], restored_at(run, steps[-2])['params']['head']['bias']
+  )
+  # Training resumes from the whole one, sets the damaged one aside and ends as it should have.
+  state = training.train_and_evaluate(config_with(), str(run))
+  assert f'Moved the damaged checkpoint of step {steps[-1]}' in capsys.readouterr().out
+  for a, b in zip(
+    jax.tree.leaves(state.params), jax.tree.leaves(finished_run[1].params), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def restored_at(run: Path, step: int) -> dict:
+  model = run_state.create_model(config_with())
+  tx, _ = optimizer.create_optimizer(config_with(), steps_per_epoch=1)
+  abstract = jax.eval_shape(lambda: run_state.create_train_state(model, tx, jax.random.key(0)))
+  state = ocp.CheckpointManager(run / 'checkpoints').restore(
+    step, args=ocp.args.StandardRestore(abstract)
+  )
+  return {'params': state.params}
+
+
+def test_a_torn_last_metrics_line_is_dropped(finished_run, tmp_path, capsys):
+  run = _copy_of(finished_run, tmp_path)
+  metrics = run / 'metrics.jsonl'
+  metrics.write_text(metrics.read_text() + '{"step": 16, "loss": 0.3')
+  training.train_and_evaluate(config_with(), str(run))
+  assert 'Dropped the torn last line' in capsys.readouterr().out
+  for line in metrics.read_text().splitlines():
+    json.loads(line)
+
+
+def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_whole(tmp_path):
+  process = subprocess.Popen(
+    [sys.executable, '-m', 'tests.programs.interrupted_save', str(tmp_path)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert any(line.strip() == 'saving' for line in iter(process.stdout.readline, ''))
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=120)  # a hang (the save sleeps 600 s) fails; 60 s was short under load
+  finally:
+    process.kill()
+  assert process.returncode != 0 and 'KeyboardInterrupt' in process.stderr.read()
+  _, variables = run_state.restore_variables(config_with(), tmp_path)
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))
+
+
+def test_ctrl_c_in_train_py_ends_in_one_line_saying_how_to_resume(tmp_path):
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      'train.py',
+      '--config=configs/test.py',
+      f'--workdir={tmp_path}',
+      '--config.num_epochs=1000',
+      '--config.conversion.enabled=False',
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert any(line.startswith('step 4/') for line in iter(process.stdout.readline, ''))
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=120)
+  finally:
+    process.kill()
+  stderr = process.stderr.read()
+  assert process.returncode == 130
+  assert f'The same command resumes the run in {tmp_path}: training from' in stderr
+  assert 'Traceback' not in stderr
