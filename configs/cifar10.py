@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   # bfloat16 forward and backward passes for TPUs and GPUs (parameters, optimizer and BatchNorm
   # statistics stay float32; evaluation and conversion run in float32). Slow on CPUs.
   config.half_precision = False
+  # Precision of training's convolutions and matrix products: '' leaves JAX's default (the
+  # backend's fast one, as the Flax examples do), or 'highest' | 'high' | 'default'.
+  config.train_precision = ''
   config.seed = 0
   # Bookkeeping.
   config.log_every_steps = 100
@@ -80,4 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.conversion.batch_size = 100
   config.conversion.num_examples = -1  # -1: the whole test set; else a fixed random subset
   config.conversion.chunk = 0  # time steps per simulation chunk; 0: rho, or 8 without COS
+  # Convolutions and matrix products of the SNN and the report's ANN pass: 'highest' (full
+  # precision on every backend; TPUs and recent GPUs otherwise round float32 operands, which
+  # changes spikes), 'high' or 'default' (the backend's fastest).
+  config.conversion.precision = 'highest'
   return config

@@ -3,6 +3,7 @@
 from cos_jax.convertibility import NotConvertibleError
 from cos_jax.layers import Activation, Spiking
 from cos_jax.models import ARCHITECTURES, create_model, init_variables
+from cos_jax.precision import PRECISIONS
 from cos_jax.qcfs import qcfs
 from cos_jax.snn import (
   DEFAULT_CHUNK,
@@ -23,6 +24,7 @@ __all__ = [
   'DEFAULT_CHUNK',
   'NotConvertibleError',
   'OFFSET_SPIKE_BINS',
+  'PRECISIONS',
   'SNN',
   'Shifts',
   'Spiking',

@@ -5,7 +5,7 @@ import math
 
 import ml_collections
 
-from cos_jax import augment, models
+from cos_jax import augment, models, precision
 from cos_jax.sources import DATA_SOURCES
 
 
@@ -106,6 +106,11 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
       '-1 for the whole test set, or an integer >= 1',
     )
     positive_int('conversion.chunk', minimum=0)
+    need(
+      _field(config, 'conversion.precision') in precision.PRECISIONS,
+      'conversion.precision',
+      f'one of {list(precision.PRECISIONS)}',
+    )
 
   need(
     _field(config, 'preprocess') in augment.RECIPES,
@@ -132,6 +137,11 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
     need(_is_number(momentum) and 0 <= momentum < 1, 'momentum', 'a number in [0, 1)')
     decay = _field(config, 'weight_decay')
     need(_is_number(decay) and decay >= 0, 'weight_decay', 'a number >= 0')
+    need(
+      _field(config, 'train_precision') in ('',) + precision.PRECISIONS,
+      'train_precision',
+      f"'' (JAX's default) or one of {list(precision.PRECISIONS)}",
+    )
     for field in ('preload_images', 'half_precision', 'nesterov', 'flip', 'autoaugment'):
       need(isinstance(_field(config, field), bool), field, 'True or False')
     smoothing = _field(config, 'label_smoothing')

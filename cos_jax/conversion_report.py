@@ -30,6 +30,7 @@ from cos_jax import (
   torch_import,
   xla,
 )
+from cos_jax import precision as precision_lib
 from cos_jax import snn as snn_lib
 from cos_jax import workdir as workdir_lib
 from cos_jax.augment import EvalTransform
@@ -134,6 +135,11 @@ def _fingerprint(config, variables) -> str:
   return hashlib.sha256(text.encode()).hexdigest()
 
 
+@xla.jit(static_argnames='model')
+def _ann_logits(model, variables, images):
+  return model.apply(variables, images, train=False)
+
+
 def evaluate_conversion(
   config, model, variables, split: sources.Split, progress_path: Path | None = None
 ) -> dict:
@@ -165,7 +171,6 @@ def evaluate_conversion(
     batches_done, ann_correct = 0, 0
     correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
     layer_stats = {name: {} for name, _ in methods}
-  ann_apply = xla.jit(lambda v, x: model.apply(v, x, train=False))
   started = time.time()
   batches = input_pipeline.eval_batches(
     split,
@@ -183,7 +188,9 @@ def evaluate_conversion(
     images, labels = input_pipeline.normalise(images[real], config.mean, config.std), labels[real]
     if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
       (images,) = parallel.shard_global_batch(mesh, images)
-    ann_correct += int((np.asarray(ann_apply(variables, images)).argmax(-1) == labels).sum())
+    with precision_lib.matmul_precision(conversion.precision):
+      ann_logits = _ann_logits(model, variables, images)
+    ann_correct += int((np.asarray(ann_logits).argmax(-1) == labels).sum())
     for name, rho in methods:
       logits, _, stats = snn_lib.calibrate_and_simulate(
         network,
@@ -193,6 +200,7 @@ def evaluate_conversion(
         rounds=conversion.rounds,
         chunk=conversion.chunk or None,
         statistics_T=statistics_T,
+        precision=conversion.precision,
       )
       predictions = np.asarray(logits.cumsum(0).argmax(-1))  # [T, B]
       correct[name] += (predictions == labels[None]).sum(1)
@@ -215,6 +223,7 @@ def evaluate_conversion(
     'max_T': max_T,
     'statistics_T': statistics_T,
     'rounds': conversion.rounds,
+    'precision': conversion.precision,
     'ann_accuracy': ann_correct / n,
     'energy_constants_pj': {'mac': ENERGY_MAC_PJ, 'ac': ENERGY_AC_PJ},
     'ann_macs_per_image': ann_macs,

@@ -16,7 +16,12 @@ def to_markdown(report: dict, title: str) -> str:
     f'# {title}',
     '',
     f'{report["examples"]} test images; T is the number of simulated steps after the rho '
-    f'pre-simulation steps, so the latency is rho + T; COS rounds k = {report["rounds"]}.',
+    f'pre-simulation steps, so the latency is rho + T; COS rounds k = {report["rounds"]}.'
+    + (  # reports written before the precision was recorded ran on CPUs, at full float32
+      f' Convolutions and matrix products at precision {report["precision"]!r}.'
+      if 'precision' in report
+      else ''
+    ),
     '',
     '## Accuracy (%)',
     '',

@@ -21,6 +21,7 @@ import numpy as np
 from flax import struct, traverse_util
 
 from cos_jax import argument_checks, convertibility, models, neuron, xla
+from cos_jax import precision as precision_lib
 from cos_jax.layers import Spiking, counted_steps_mask
 
 DEFAULT_CHUNK = 8
@@ -296,8 +297,9 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
       )
 
 
-def _validated(snn: SNN, images, *, T: int, rounds: int, chunk: int | None):
+def _validated(snn: SNN, images, *, T: int, rounds: int, chunk: int | None, precision: str):
   """Checks what every simulation takes and returns the images as a JAX array."""
+  precision_lib.check_precision(precision)
   if not isinstance(snn, SNN):
     raise TypeError(f'expected the SNN returned by cos_jax.convert, got {type(snn).__name__}.')
   argument_checks.check_images(images, snn.model.input_shape)
@@ -316,30 +318,39 @@ def _simulation(
   rho: int,
   rounds: int,
   chunk: int | None,
+  precision: str,
   shift_values: dict | None = None,
   statistics_T: int = 0,
 ):
-  """The compiled run behind `simulate`, `calibrate` and `calibrate_and_simulate`.
+  """The compiled run behind `simulate`, `calibrate` and `calibrate_and_simulate`, with its
+  convolutions and matrix products at `precision` (one compiled program per precision).
 
   With rho, the first chunk is the rho steps of calibration (`rounds` > 0) or of the run from
   calibrated `shift_values` (`rounds` = 0), and later chunks default to rho steps too; without
   it every chunk has DEFAULT_CHUNK steps (or `chunk`).
   """
   chunk = chunk or rho or DEFAULT_CHUNK
-  return _simulate_jit(
-    snn,
-    images,
-    shift_values,
-    steps=T,
-    first_chunk=rho or min(T, chunk),
-    rounds=rounds,
-    chunk=chunk,
-    statistics_steps=statistics_T,
-  )
+  with precision_lib.matmul_precision(precision):
+    return _simulate_jit(
+      snn,
+      images,
+      shift_values,
+      steps=T,
+      first_chunk=rho or min(T, chunk),
+      rounds=rounds,
+      chunk=chunk,
+      statistics_steps=statistics_T,
+    )
 
 
 def simulate(
-  snn: SNN, images, T: int, shifts: Shifts | None = None, *, chunk: int | None = None
+  snn: SNN,
+  images,
+  T: int,
+  shifts: Shifts | None = None,
+  *,
+  chunk: int | None = None,
+  precision: str = precision_lib.SNN_PRECISION,
 ) -> jax.Array:
   """Simulates the SNN for T steps on analog images presented at every step.
 
@@ -354,12 +365,16 @@ def simulate(
       A chunk's layers hold all of its steps' activations at once: a chunk of hundreds of
       steps needs hundreds of times the activation memory of one ANN forward; its compile
       time stays that of `neuron.MAX_UNROLL` steps.
+    precision: the precision of every convolution and matrix product (`cos_jax.PRECISIONS`):
+      'highest', the default, is full precision of the variables' dtype on every backend;
+      'default' is the backend's fastest (one bfloat16 pass on TPUs, TF32 on recent GPUs),
+      which changes spikes (docs/results/precision/).
 
   Returns:
     [T, B, num_classes] logits y(t) of each step (not summed): the prediction after t steps is
     the argmax of `logits[:t].sum(0)`.
   """
-  images = _validated(snn, images, T=T, rounds=1, chunk=chunk)
+  images = _validated(snn, images, T=T, rounds=1, chunk=chunk, precision=precision)
   if shifts is not None:
     _check_shifts(snn, images, shifts)
   return _simulation(
@@ -369,11 +384,19 @@ def simulate(
     rho=shifts.rho if shifts is not None else 0,
     rounds=0,
     chunk=chunk,
+    precision=precision,
     shift_values=shifts.values if shifts is not None else None,
   )[0]
 
 
-def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
+def calibrate(
+  snn: SNN,
+  images,
+  rho: int = 4,
+  *,
+  rounds: int = 1,
+  precision: str = precision_lib.SNN_PRECISION,
+) -> Shifts:
   """COS: calibrates every IF neuron's initial potential on the first rho steps.
 
   The rule is docs/method.md §4 (the COS paper's section 4).
@@ -384,13 +407,19 @@ def calibrate(snn: SNN, images, rho: int = 4, *, rounds: int = 1) -> Shifts:
     rho: the pre-simulation length (>= 1). The rho steps are one chunk: memory grows with rho
       (see `simulate`'s `chunk`), compile time stays that of `neuron.MAX_UNROLL` steps.
     rounds: rounds of the COS rule (1 is the published method).
+    precision: the precision of every convolution and matrix product (`cos_jax.PRECISIONS`):
+      'highest', the default, is full precision of the variables' dtype on every backend;
+      'default' is the backend's fastest (one bfloat16 pass on TPUs, TF32 on recent GPUs),
+      which changes spikes (docs/results/precision/).
 
   Returns:
     The per-sample, per-neuron shifts in threshold units (add 1/2 for the initial potential).
   """
   argument_checks.check_positive_int('rho', rho)
-  images = _validated(snn, images, T=rho, rounds=rounds, chunk=None)
-  shifts = _simulation(snn, images, T=rho, rho=rho, rounds=rounds, chunk=None)[1]
+  images = _validated(snn, images, T=rho, rounds=rounds, chunk=None, precision=precision)
+  shifts = _simulation(snn, images, T=rho, rho=rho, rounds=rounds, chunk=None, precision=precision)[
+    1
+  ]
   return Shifts(values=shifts, rho=rho, rounds=rounds)
 
 
@@ -403,11 +432,13 @@ def calibrate_and_simulate(
   rounds: int = 1,
   chunk: int | None = None,
   statistics_T: int = 0,
+  precision: str = precision_lib.SNN_PRECISION,
 ):
   """The fused run: calibrate on rho steps and simulate T steps, reusing the rho steps.
 
   `rho=0` runs the plain QCFS conversion. Gives the same logits as `calibrate` followed by
-  `simulate` at max(T, rho) steps of synaptic work instead of rho + T.
+  `simulate` at max(T, rho) steps of synaptic work instead of rho + T. `rounds`, `chunk` and
+  `precision` are those of `calibrate` and `simulate`.
 
   Returns:
     `(logits, shifts, statistics)`: logits as `simulate`; shifts (None when rho = 0); and, when
@@ -417,7 +448,7 @@ def calibrate_and_simulate(
     non-zero inputs (`nonzero_inputs`, the synaptic events); else None.
   """
   argument_checks.check_positive_int('rho', rho, minimum=0)
-  images = _validated(snn, images, T=T, rounds=rounds, chunk=chunk)
+  images = _validated(snn, images, T=T, rounds=rounds, chunk=chunk, precision=precision)
   argument_checks.check_positive_int('statistics_T', statistics_T, minimum=0)
   if statistics_T > T:
     raise ValueError(f'statistics_T must be 0 (off) or between 1 and T={T}, got {statistics_T}.')
@@ -428,6 +459,7 @@ def calibrate_and_simulate(
     rho=rho,
     rounds=rounds if rho else 0,
     chunk=chunk,
+    precision=precision,
     statistics_T=statistics_T,
   )
   return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary

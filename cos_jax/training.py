@@ -25,6 +25,7 @@ from cos_jax import (
   input_pipeline,
   optimizer,
   parallel,
+  precision,
   recipe,
   run_state,
   sources,
@@ -196,7 +197,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> run_s
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.exclusive(workdir):
     workdir_lib.check_resumed_config(workdir, config)
-    return _train_and_evaluate(config, workdir, levels_phases)
+    with precision.matmul_precision(config.train_precision or None):  # the report sets its own
+      return _train_and_evaluate(config, workdir, levels_phases)
 
 
 def _train_and_evaluate(

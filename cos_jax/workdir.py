@@ -119,11 +119,13 @@ FIELDS_BEFORE_THEY_EXISTED = {
   'preload_images': False,
   'preprocess': 'cifar',
   'tfds_dir': '',
+  'train_precision': '',
   'threshold_init': 'constant',
   'threshold_init_examples': 256,
   'threshold_percentile': 99.0,
   'warmup_epochs': 0.0,
   'weight_decay_on': 'all',
+  'conversion.precision': 'highest',  # a report setting, free to change: today's default
 }
 
 
@@ -143,7 +145,15 @@ def read_config(workdir: Path) -> ml_collections.ConfigDict | None:
       f"{path} is not valid JSON ({error}): restore it from the run's log or pass the "
       'config the run was trained with (--config=...).'
     ) from error
-  return ml_collections.ConfigDict({**FIELDS_BEFORE_THEY_EXISTED, **stored})
+  config = ml_collections.ConfigDict(stored)
+  for dotted, value in FIELDS_BEFORE_THEY_EXISTED.items():
+    *parents, field = dotted.split('.')
+    section = config
+    for parent in parents:
+      section = section.get(parent)
+    if section is not None and field not in section:
+      section[field] = value
+  return config
 
 
 def _flat(tree: dict) -> dict:
