@@ -35,6 +35,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
+  cli.initialize_distributed()
   with cli.resumable_on_interrupt(
     FLAGS.workdir, 'the conversion report from its last finished batch'
   ):

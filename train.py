@@ -6,7 +6,6 @@ Any config field can be overridden, e.g. --config.num_epochs=10. Running again w
 --workdir resumes the run.
 """
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,12 +14,6 @@ from cos_jax import cli, training
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder holding the run (checkpoints, metrics, report).')
-flags.DEFINE_bool(
-  'distributed',
-  False,
-  'Call jax.distributed.initialize() first: one process per host of a TPU pod or '
-  'GPU cluster, each running this same command.',
-)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,8 +21,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint at INFO
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  cli.initialize_distributed()
   with cli.resumable_on_interrupt(
     FLAGS.workdir,
     'training from its newest checkpoint, the conversion report after it from '

@@ -1,10 +1,60 @@
-"""What train.py and convert.py share on the command line: flag parsing that turns a mistyped
-config override into one flag error, and a Ctrl-C that ends in one line saying how to resume."""
+"""What train.py and convert.py share on the command line: the flags of a run over several
+processes, flag parsing that turns a mistyped config override into one flag error, and a Ctrl-C
+that ends in one line saying how to resume."""
 
 import contextlib
 import sys
 
-from absl import app
+import jax
+from absl import app, flags
+
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Call jax.distributed.initialize() first: one process per host (or per CPU process), each '
+  'running this same command. Without the three flags below JAX detects the cluster (Cloud '
+  'TPU, SLURM, ...).',
+)
+flags.DEFINE_string(
+  'coordinator_address', None, 'With --distributed: host:port of process 0, e.g. 10.0.0.1:1234.'
+)
+flags.DEFINE_integer('num_processes', None, 'With --distributed: the number of processes.')
+flags.DEFINE_integer('process_id', None, 'With --distributed: this process, 0..num_processes-1.')
+flags.DEFINE_integer(
+  'heartbeat_timeout',
+  100,
+  'With --distributed: seconds after which a process that stopped answering is taken for dead '
+  "and the others end with an error (JAX's default, 100).",
+)
+
+INITIALIZATION_TIMEOUT_S = 300
+"""How long a process waits for the others to join before it fails with a message."""
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() with the flags' values, when --distributed is given.
+
+  Cross-process collectives of the CPU backend go over gloo (JAX's CPU default has none; the
+  setting does not touch GPU or TPU backends).
+  """
+  named = flags.FLAGS
+  if not named.distributed:
+    given = [
+      f
+      for f in ('coordinator_address', 'num_processes', 'process_id', 'heartbeat_timeout')
+      if named[f].present
+    ]
+    if given:
+      raise app.UsageError(f'--{given[0]} needs --distributed.')
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+    coordinator_address=named.coordinator_address,
+    num_processes=named.num_processes,
+    process_id=named.process_id,
+    initialization_timeout=INITIALIZATION_TIMEOUT_S,
+    heartbeat_timeout_seconds=named.heartbeat_timeout,
+  )
 
 
 @contextlib.contextmanager

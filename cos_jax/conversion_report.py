@@ -136,8 +136,16 @@ def _fingerprint(config, variables) -> str:
 
 
 @xla.jit(static_argnames='model')
-def _ann_logits(model, variables, images):
-  return model.apply(variables, images, train=False)
+def _ann_correct(model, variables, images, labels):
+  """The number of images the ANN classifies correctly (on the device: across processes, each
+  holds a share of the batch, and the count is every process's)."""
+  return (model.apply(variables, images, train=False).argmax(-1) == labels).sum()
+
+
+@xla.jit
+def _correct_by_T(logits, labels):
+  """[T] numbers of images whose prediction after 1..T steps is correct, from [T, B, C] logits."""
+  return (logits.cumsum(0).argmax(-1) == labels[None]).sum(1)
 
 
 def evaluate_conversion(
@@ -186,11 +194,11 @@ def evaluate_conversion(
     zip(starts, batches, strict=True), start=batches_done + 1
   ):
     images, labels = input_pipeline.normalise(images[real], config.mean, config.std), labels[real]
-    if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs on one
-      (images,) = parallel.shard_global_batch(mesh, images)
+    if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs whole
+      # in every process, on one device
+      images, labels = parallel.shard_global_batch(mesh, images, labels)
     with precision_lib.matmul_precision(conversion.precision):
-      ann_logits = _ann_logits(model, variables, images)
-    ann_correct += int((np.asarray(ann_logits).argmax(-1) == labels).sum())
+      ann_correct += int(_ann_correct(model, variables, images, labels))
     for name, rho in methods:
       logits, _, stats = snn_lib.calibrate_and_simulate(
         network,
@@ -202,8 +210,7 @@ def evaluate_conversion(
         statistics_T=statistics_T,
         precision=conversion.precision,
       )
-      predictions = np.asarray(logits.cumsum(0).argmax(-1))  # [T, B]
-      correct[name] += (predictions == labels[None]).sum(1)
+      correct[name] += np.asarray(_correct_by_T(logits, labels))
       for layer, values in jax.device_get(stats).items():
         totals = layer_stats[name].setdefault(layer, {})
         for key, value in values.items():

@@ -41,6 +41,19 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def replicated_shapes(tree, mesh: jax.sharding.Mesh):
+  """The shapes and dtypes of a pytree's arrays, placed on every device of the mesh: what a
+  checkpoint restores into, each process filling its own devices (a restore onto one device
+  and a copy to the others would need transfers between hosts)."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(
+    lambda x: (
+      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) if hasattr(x, 'shape') else x
+    ),  # a Python number (the step of a new state) restores as one
+    tree,
+  )
+
+
 def check_divisible(batch_size: int, name: str) -> None:
   if batch_size % jax.device_count():
     raise ValueError(

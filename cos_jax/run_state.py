@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from cos_jax import models, optimizer
+from cos_jax import models, optimizer, parallel
 from cos_jax import workdir as workdir_lib
 
 
@@ -51,7 +51,9 @@ def restore_variables(config: ml_collections.ConfigDict, workdir) -> tuple[nn.Mo
   model = create_model(config)
   tx, _ = optimizer.create_optimizer(config, steps_per_epoch=1)
   state = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
-  state, _, _ = workdir_lib.restore_newest_whole(checkpoint_dir, state)
+  state, _, _ = workdir_lib.restore_newest_whole(
+    checkpoint_dir, parallel.replicated_shapes(state, parallel.data_mesh())
+  )
   if state is None:
     raise FileNotFoundError(
       f'No checkpoint in {checkpoint_dir}: train first with '

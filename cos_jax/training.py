@@ -219,8 +219,12 @@ def _train_and_evaluate(
   tx, learning_rate_fn = optimizer.create_optimizer(config, steps_per_epoch)
   state = run_state.create_train_state(model, tx, jax.random.key(config.seed))
 
+  # Every process creates the folder first, so that all of them see it and open the same
+  # checkpoint managers in the same order (each one's creation is a barrier over processes).
+  (workdir / 'checkpoints').mkdir(exist_ok=True)
+  mesh = parallel.data_mesh()
   restored, start_step, damaged = workdir_lib.restore_newest_whole(
-    workdir / 'checkpoints', jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    workdir / 'checkpoints', parallel.replicated_shapes(state, mesh)
   )
   workdir_lib.set_aside(workdir / 'checkpoints', damaged)
   checkpoints = ocp.CheckpointManager(
@@ -233,10 +237,9 @@ def _train_and_evaluate(
     if config.threshold_init == 'percentile':
       state = state.replace(params=_thresholds_from_data(config, model, state, dataset.train))
     if jax.process_index() == 0:
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+      workdir_lib.write_config(workdir, config)
   metrics_log = workdir_lib.MetricsLog(workdir / 'metrics.jsonl', start_step)
 
-  mesh = parallel.data_mesh()
   state = parallel.replicate(state, mesh)
   step_fn = _jitted_train_step(
     tuple(config.mean),

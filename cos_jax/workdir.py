@@ -129,6 +129,13 @@ FIELDS_BEFORE_THEY_EXISTED = {
 }
 
 
+def write_config(workdir: Path, config) -> None:
+  """Writes `config.json` whole or not at all (another process may be reading it)."""
+  temporary = workdir / 'config.json.tmp'
+  temporary.write_text(config.to_json_best_effort(indent=2))
+  temporary.replace(workdir / 'config.json')
+
+
 def read_config(workdir: Path) -> ml_collections.ConfigDict | None:
   """The run's `config.json` (None if there is none), with the fields it predates filled in.
 

@@ -86,8 +86,8 @@ def test_an_unknown_precision_is_refused(tiny_net):
 def test_the_reports_ann_pass_and_snn_run_at_the_configs_precision(
   precision, snn_lowerings, monkeypatch
 ):
-  ann_lowerings = _Lowerings(conversion_report._ann_logits)
-  monkeypatch.setattr(conversion_report, '_ann_logits', ann_lowerings)
+  ann_lowerings = _Lowerings(conversion_report._ann_correct)
+  monkeypatch.setattr(conversion_report, '_ann_correct', ann_lowerings)
   config = config_with()
   config.conversion.update(
     precision=precision, num_examples=8, batch_size=8, max_T=2, statistics_T=2
