@@ -314,6 +314,55 @@ def _interrupt_section(interrupt: dict) -> list[str]:
   return lines
 
 
+def _accelerator_section() -> list[str]:
+  """The device check's figures, or the command that makes them where none has run yet."""
+  lines = [
+    '## On an accelerator',
+    '',
+    '`python -m benchmarks.accelerator --out=docs/benchmarks/accelerator.json` (under 8 minutes '
+    'on one GPU): backend and device kind, equal output rows against the reference float64 '
+    'outputs at each precision, the training step per model, batch and dtype, fused COS '
+    'against max(T, rho) ANN forwards, the input pipeline with worker processes, peak device '
+    'memory.',
+    '',
+  ]
+  if not (RESULTS / 'accelerator.json').exists():
+    return lines + [
+      'Not run yet: no session so far has had a machine with an accelerator. The test suite '
+      'runs the script with `--tiny` on the CPU.',
+      '',
+    ]
+  result = _load('accelerator.json')
+  device = result['device']
+  lines += [
+    f'{device["device_kind"]} ({device["backend"]}, {device["device_count"]} devices), '
+    f'{result["machine"]["date"]}, `{result["command"]}`.',
+    '',
+    '| dtype | precision | equal rows, plain | equal rows, COS |',
+    '|---|---|---|---|',
+  ]
+  lines += [
+    f'| {r["dtype"]} | {r["precision"]} | {100 * r["equal_rows_rho0"]:.1f} % | '
+    f'{100 * r.get("equal_rows_rho4", float("nan")):.1f} % |'
+    for r in result['exactness']
+  ]
+  lines += ['', '| model | batch | dtype | training images/s |', '|---|---|---|---|']
+  lines += [
+    f'| {r["arch"]} | {r["batch"]} | {r["dtype"]} | {r["images_per_second"]:.0f} |'
+    for r in result['training_step']
+  ]
+  lines += ['', '| model | batch | COS images/s (rho 4, T 8) | / (8 ANN forwards) |']
+  lines += ['|---|---|---|---|']
+  lines += [
+    f'| {r["arch"]} | {r["batch"]} | {r["images_per_second"]:.0f} | {r["ratio_to_ann_bound"]:.2f} |'
+    for r in result['fused_cos']
+  ]
+  lines += ['', '| worker processes | pipeline images/s |', '|---|---|']
+  lines += [f'| {r["workers"]} | {r["images_per_second"]:.0f} |' for r in result['input_pipeline']]
+  lines += ['', f'Peak device memory: {result["peak_memory_bytes"]} bytes.', '']
+  return lines
+
+
 def main():
   cost = _load('snn_cost.json')
   machine = cost['machine']
@@ -333,6 +382,7 @@ def main():
   lines += _profile_section(_load('layer_profile.json'))
   lines += _pipeline_section(_load('input_pipeline.json'))
   lines += _interrupt_section(_load('interrupt.json'))
+  lines += _accelerator_section()
   (RESULTS / 'README.md').write_text('\n'.join(lines))
 
 

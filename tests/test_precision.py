@@ -15,7 +15,7 @@ import pytest
 
 import cos_jax
 from benchmarks import precision_loss
-from cos_jax import conversion_report, models, run_state, snn, sources, training
+from cos_jax import conversion_report, models, precision, run_state, snn, sources, training
 from tests.conftest import config_with
 
 IMAGES = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
@@ -82,15 +82,15 @@ def test_an_unknown_precision_is_refused(tiny_net):
     training.train_and_evaluate(config, '/nonexistent/refused/before/anything')
 
 
-@pytest.mark.parametrize('precision', ['highest', 'default'])
+@pytest.mark.parametrize('chosen', ['highest', 'default'])
 def test_the_reports_ann_pass_and_snn_run_at_the_configs_precision(
-  precision, snn_lowerings, monkeypatch
+  chosen, snn_lowerings, monkeypatch
 ):
   ann_lowerings = _Lowerings(conversion_report._ann_correct)
   monkeypatch.setattr(conversion_report, '_ann_correct', ann_lowerings)
   config = config_with()
   config.conversion.update(
-    precision=precision, num_examples=8, batch_size=8, max_T=2, statistics_T=2
+    precision=chosen, num_examples=8, batch_size=8, max_T=2, statistics_T=2, rhos=()
   )
   model = run_state.create_model(config)
   variables = jax.device_get(models.init_variables(model, jax.random.key(0)))
@@ -98,16 +98,16 @@ def test_the_reports_ann_pass_and_snn_run_at_the_configs_precision(
     report = conversion_report.evaluate_conversion(
       config, model, variables, sources.load(config).test
     )
-  assert report['precision'] == precision
-  assert len(ann_lowerings.texts) == 1 and len(snn_lowerings.texts) == 2  # qcfs and cos_rho2
+  assert report['precision'] == chosen
+  assert len(ann_lowerings.texts) == 1 and len(snn_lowerings.texts) == 1  # the plain conversion
   for text in ann_lowerings.texts + snn_lowerings.texts:
-    assert all(asked == {precision.upper()} for asked in precisions_asked(text))
+    assert all(asked == {chosen.upper()} for asked in precisions_asked(text))
 
 
-@pytest.mark.parametrize('train_precision,asked', [('', 'DEFAULT'), ('highest', 'HIGHEST')])
-def test_training_keeps_jaxs_default_unless_the_config_asks(
-  train_precision, asked, monkeypatch, tmp_path
-):
+def test_training_keeps_jaxs_default_unless_the_config_asks(monkeypatch, tmp_path):
+  with jax.default_matmul_precision('bfloat16'):
+    with precision.matmul_precision(None):  # train_precision='': whatever JAX's setting is
+      assert jax.config.jax_default_matmul_precision == 'bfloat16'
   lowerings, make_step = [], training._jitted_train_step.__wrapped__
 
   def lowering_step_factory(*factory_args):
@@ -115,13 +115,13 @@ def test_training_keeps_jaxs_default_unless_the_config_asks(
     return lowerings[-1]
 
   monkeypatch.setattr(training, '_jitted_train_step', lowering_step_factory)
-  config = config_with(num_epochs=1, eval_every_epochs=0, train_precision=train_precision)
+  config = config_with(num_epochs=1, eval_every_epochs=0, train_precision='highest')
   config.conversion.enabled = False
   training.train_and_evaluate(config, str(tmp_path))
   # BatchNorm's statistics are products at HIGHEST on the CPU whatever the setting (cos_jax.xla),
   # so only the convolutions tell.
   convolutions = precisions_asked(lowerings[0].texts[0], ops=('stablehlo.convolution',))
-  assert all(precision == {asked} for precision in convolutions)
+  assert all(asked == {'HIGHEST'} for asked in convolutions)
 
 
 def test_the_emulated_bfloat16_pass_is_a_bfloat16_product_accumulated_in_float32():
