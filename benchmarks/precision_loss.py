@@ -65,15 +65,13 @@ def _ann(model, variables, images, *, rounded: bool):
 def _snn(network, images, *, T: int, rho: int, rounded: bool):
   """Per-step outputs [T, B, C] and per-neuron spike counts over the T steps of plain
   conversion (rho = 0) or COS, chunked as `cos_jax.calibrate_and_simulate` chunks them."""
-  chunk = rho or snn.DEFAULT_CHUNK
   with nn.intercept_methods(_round_linear_inputs) if rounded else contextlib.nullcontext():
     logits, _, spike_stats = snn._run(  # pylint: disable=protected-access
       network,
       images,
       steps=T,
-      first_chunk=rho or min(T, chunk),
       rounds=1 if rho else 0,
-      chunk=chunk,
+      **snn.chunking(T, rho, None),
       shift_values=None,
       statistics_steps=T,
     )

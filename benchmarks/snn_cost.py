@@ -27,15 +27,13 @@ from cos_jax import xla
 
 
 def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int:
-  chunk = chunk or rho or snn_lib.DEFAULT_CHUNK  # the defaults of calibrate_and_simulate
   lowered = xla.jit(
     lambda x: snn_lib._run(
       snn,
       x,
       steps=T,
-      first_chunk=rho or min(T, chunk),
       rounds=1 if rho else 0,
-      chunk=chunk,
+      **snn_lib.chunking(T, rho, chunk),
       shift_values=None,
       statistics_steps=0,
     )[0]

@@ -310,6 +310,13 @@ def _validated(snn: SNN, images, *, T: int, rounds: int, chunk: int | None, prec
   return jnp.asarray(images)  # keeps its float dtype: float64 runs stay float64
 
 
+def chunking(T: int, rho: int, chunk: int | None) -> dict[str, int]:
+  """How a run of T steps is cut into chunks: `first_chunk` (rho with COS) and `chunk` (the
+  rest's; by default rho with COS, else DEFAULT_CHUNK), as `_run` takes them."""
+  chunk = chunk or rho or DEFAULT_CHUNK
+  return {'first_chunk': rho or min(T, chunk), 'chunk': chunk}
+
+
 def _simulation(
   snn: SNN,
   images: jax.Array,
@@ -329,17 +336,15 @@ def _simulation(
   calibrated `shift_values` (`rounds` = 0), and later chunks default to rho steps too; without
   it every chunk has DEFAULT_CHUNK steps (or `chunk`).
   """
-  chunk = chunk or rho or DEFAULT_CHUNK
   with precision_lib.matmul_precision(precision):
     return _simulate_jit(
       snn,
       images,
       shift_values,
       steps=T,
-      first_chunk=rho or min(T, chunk),
       rounds=rounds,
-      chunk=chunk,
       statistics_steps=statistics_T,
+      **chunking(T, rho, chunk),
     )
 
 

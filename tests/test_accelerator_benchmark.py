@@ -13,7 +13,7 @@ def test_the_device_check_runs_every_part_and_writes_its_json(tmp_path):
   assert result['device']['backend'] == 'cpu' and result['machine']['backend'] == 'cpu'
   (exactness,) = result['exactness']
   assert exactness['dtype'] == 'float32' and exactness['precision'] == 'highest'
-  assert 0.9 <= exactness['equal_rows_rho0'] < 1  # float32 ties flip a few spikes
+  assert 0.9 <= exactness['equal_rows_rho0'] <= 1  # float32 ties may flip a few spikes
   assert [(r['dtype'], r['images_per_second'] > 0) for r in result['training_step']] == [
     ('float32', True),
     ('bfloat16', True),
