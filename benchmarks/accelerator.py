@@ -23,7 +23,6 @@ at sizes a CPU does in seconds (the test suite's run).
 
 import argparse
 import functools
-import time
 from pathlib import Path
 
 import jax
@@ -32,8 +31,9 @@ import numpy as np
 
 import cos_jax
 from benchmarks.common import median_seconds, write_result
+from benchmarks.input_pipeline import pipeline_rate
 from configs import cifar10
-from cos_jax import augment, input_pipeline, optimizer, run_state, sources, training, xla
+from cos_jax import augment, optimizer, run_state, sources, training, xla
 
 FIXTURES = Path(__file__).resolve().parents[1] / 'tests' / 'data' / 'reference_r20'
 REFERENCE_T, REFERENCE_RHO = 8, 4
@@ -163,26 +163,13 @@ def fused_cos(arch: str, batch: int, repeats: int) -> dict:
 
 
 def input_pipeline_rate(workers: int, steps: int, batch: int = 128) -> dict:
-  """Images/s of the CIFAR recipe through train_batches, after the first (start-up) batch."""
+  """Images/s of the CIFAR recipe through train_batches, in the training process (one thread)
+  or in `workers` grain worker processes."""
   images = np.random.default_rng(0).integers(0, 256, (50 * batch, 32, 32, 3), dtype=np.uint8)
   split = sources.ArraySplit(images, np.zeros(len(images), np.int32))
   transform = augment.TrainTransform.from_config(cifar10.get_config())
-  batches = input_pipeline.train_batches(
-    split,
-    batch_size=batch,
-    seed=0,
-    start_step=0,
-    num_steps=steps + 1,
-    transform=transform,
-    workers=workers,
-  )
-  next(batches)
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(batches)
-  seconds = time.perf_counter() - start
-  del batches  # ends the worker processes
-  return {'workers': workers, 'images_per_second': steps * batch / seconds}
+  rate = pipeline_rate(split, transform, batch=batch, steps=steps, threads=1, workers=workers)
+  return {'workers': workers, 'images_per_second': rate}
 
 
 def peak_memory_bytes() -> int | None:

@@ -69,9 +69,7 @@ def write_jpeg_folder(root: Path, count: int, seed: int = 0) -> sources.ImageFol
   return sources.ImageFolderSplit(tuple(files), np.zeros(len(files), np.int32), 3)
 
 
-def _pipeline_rate(
-  split, transform, *, batch: int, steps: int, threads: int, workers: int
-) -> float:
+def pipeline_rate(split, transform, *, batch: int, steps: int, threads: int, workers: int) -> float:
   """Images/s of train_batches over `steps` batches, after the first (start-up) one."""
   batches = input_pipeline.train_batches(
     split,
@@ -161,7 +159,7 @@ def main():
     ]
     for name, split, recipe, transform, batch, steps, threads, workers in cases:
       rates = [
-        _pipeline_rate(split, transform, batch=batch, steps=steps, threads=threads, workers=workers)
+        pipeline_rate(split, transform, batch=batch, steps=steps, threads=threads, workers=workers)
         for _ in range(args.repeats)
       ]
       rate = statistics.median(rates)
