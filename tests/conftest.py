@@ -12,6 +12,8 @@ from cos_jax import training
 from tests import reference
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL_RESNET = dict(stage_sizes=(1, 1), widths=(4, 8), strides=(1, 2), stem_width=4)
+"""A ResNet with one block per stage and a projection shortcut: small enough to check by hand."""
 
 
 def config_with(**overrides):
@@ -49,15 +51,7 @@ def tiny_net():
 
 @pytest.fixture(scope='session')
 def tiny_resnet():
-  model = cos_jax.models.ResNet(
-    num_classes=3,
-    levels=2,
-    stage_sizes=(1, 1),
-    widths=(4, 8),
-    strides=(1, 2),
-    stem_width=4,
-    input_shape=(8, 8, 2),
-  )
+  model = cos_jax.models.ResNet(num_classes=3, levels=2, input_shape=(8, 8, 2), **SMALL_RESNET)
   return Net(model, reference.dyadic_variables(model, 2), reference.tiny_resnet, {'model': model})
 
 

@@ -6,6 +6,7 @@ import pytest
 import cos_jax
 from cos_jax import run_state, torch_import
 from tests import reference
+from tests.conftest import SMALL_RESNET
 
 SMALL_VGG = dict(stages=((4,), (8, 8)), classifier_width=16, input_shape=(8, 8, 3))
 
@@ -68,15 +69,7 @@ def test_npz_round_trip_gives_the_numpy_network(tmp_path, arch):
   if arch == 'vgg':
     model = cos_jax.models.VGG(num_classes=4, levels=4, **SMALL_VGG)
   else:
-    model = cos_jax.models.ResNet(
-      num_classes=3,
-      levels=2,
-      stage_sizes=(1, 1),
-      widths=(4, 8),
-      strides=(1, 2),
-      stem_width=4,
-      input_shape=(8, 8, 3),
-    )
+    model = cos_jax.models.ResNet(num_classes=3, levels=2, input_shape=(8, 8, 3), **SMALL_RESNET)
   variables, state_dict = _export(model, 7)
   # PyTorch layouts: OIHW convs, (out, in) dense, (1,) thresholds.
   first_conv = 'layer1.0.weight' if arch == 'vgg' else 'conv1.0.weight'
@@ -175,24 +168,8 @@ def test_export_refuses_what_does_not_fit():
   tiny = cos_jax.create_model('tiny', num_classes=3, levels=4)
   with pytest.raises(ValueError, match='TinyNet has no PyTorch reference'):
     cos_jax.export_state_dict(tiny, reference.ones_like_variables(tiny))
-  model = cos_jax.models.ResNet(
-    num_classes=3,
-    levels=2,
-    stage_sizes=(1, 1),
-    widths=(4, 8),
-    strides=(1, 2),
-    stem_width=4,
-    input_shape=(8, 8, 3),
-  )
-  other = cos_jax.models.ResNet(
-    num_classes=5,
-    levels=2,
-    stage_sizes=(1, 1),
-    widths=(4, 8),
-    strides=(1, 2),
-    stem_width=4,
-    input_shape=(8, 8, 3),
-  )
+  model = cos_jax.models.ResNet(num_classes=3, levels=2, input_shape=(8, 8, 3), **SMALL_RESNET)
+  other = cos_jax.models.ResNet(num_classes=5, levels=2, input_shape=(8, 8, 3), **SMALL_RESNET)
   with pytest.raises(ValueError, match=r'do not fit the model: .*head/kernel has shape \(8, 5\)'):
     cos_jax.export_state_dict(model, reference.ones_like_variables(other))
 
