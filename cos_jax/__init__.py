@@ -1,4 +1,5 @@
-"""cos_jax: QCFS networks converted to spiking networks, calibrated with offset spikes (COS)."""
+"""cos_jax: QCFS networks converted to spiking networks, calibrated with offset spikes (COS)
+or run with residual-potential masks (SRP)."""
 
 from cos_jax.convertibility import NotConvertibleError
 from cos_jax.layers import Activation, Spiking
@@ -9,12 +10,15 @@ from cos_jax.snn import (
   DEFAULT_CHUNK,
   OFFSET_SPIKE_BINS,
   SNN,
+  Masks,
   Shifts,
   calibrate,
   calibrate_and_simulate,
   convert,
   neuron_counts,
   simulate,
+  srp_masks,
+  srp_simulate,
 )
 from cos_jax.torch_import import export_state_dict, load_torch_checkpoint
 
@@ -22,6 +26,7 @@ __all__ = [
   'ARCHITECTURES',
   'Activation',
   'DEFAULT_CHUNK',
+  'Masks',
   'NotConvertibleError',
   'OFFSET_SPIKE_BINS',
   'PRECISIONS',
@@ -38,4 +43,6 @@ __all__ = [
   'neuron_counts',
   'qcfs',
   'simulate',
+  'srp_masks',
+  'srp_simulate',
 ]

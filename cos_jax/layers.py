@@ -6,8 +6,9 @@ parameter, is a layer of IF neurons driven over a chunk of time steps: its input
 explicit leading time axis, of length `spiking.steps`, or of length 1 for a current that is the same
 at every step (the first layer's, computed once from the analog image).
 
-The membrane potentials live in the `membrane` variable collection, the COS shifts in `shifts`
-and the per-neuron counters behind the offset-spike statistics in `spike_stats`: the caller
+The membrane potentials live in the `membrane` variable collection, the COS shifts in `shifts`,
+SRP's masks in `residual_masks` and the per-neuron counters behind the offset-spike statistics in
+`spike_stats`: the caller
 threads them through `apply(..., mutable=...)`, so a whole simulation is a pure function.
 """
 
@@ -37,11 +38,18 @@ class Spiking:
       pre-simulation steps), writing the shifts to the `shifts` collection.
     statistics_steps: 0, or the number of steps, counted from the first step of the whole run,
       whose spikes and currents are summed into the `spike_stats` collection (when mutable).
+    srp_presimulation: this chunk is SRP's pre-simulation: after its steps every layer writes
+      its residual mask (`neuron.residual_mask`) to the `residual_masks` collection and its
+      potentials are reset to 1/2.
+    residual_masked: the layers' output spikes are multiplied by the masks in the
+      `residual_masks` collection (SRP after its pre-simulation).
   """
 
   steps: int
   calibration_rounds: int = 0
   statistics_steps: int = 0
+  srp_presimulation: bool = False
+  residual_masked: bool = False
 
 
 def counted_steps_mask(module: nn.Module, steps: int, statistics_steps: int) -> jax.Array:
@@ -79,6 +87,12 @@ class Activation(nn.Module):
       self.variable('shifts', 'shift', jnp.zeros, neuron_shape, x.dtype).value = shift
       potential.value = neuron.INITIAL_POTENTIAL + shift
     potential.value, spikes = neuron.run_if(potential.value, currents)
+    if self.spiking.srp_presimulation:
+      mask = self.variable('residual_masks', 'mask', jnp.zeros, neuron_shape, jnp.bool_)
+      mask.value = neuron.residual_mask(potential.value)
+      potential.value = jnp.full_like(potential.value, neuron.INITIAL_POTENTIAL)
+    if self.spiking.residual_masked:
+      spikes = spikes * self.get_variable('residual_masks', 'mask').astype(spikes.dtype)
 
     if self.spiking.statistics_steps and self.is_mutable_collection('spike_stats'):
       mask = counted_steps_mask(self, steps, self.spiking.statistics_steps)

@@ -1,4 +1,5 @@
-"""The integrate-and-fire neuron and the offset-spike calibration rule (docs/method.md §§2, 4, 5).
+"""The integrate-and-fire neuron, the offset-spike calibration rule (COS) and the residual-potential
+mask of SRP (docs/method.md §§2, 4, 5, 6).
 
 Everything here works in units of the threshold: the input current is already divided by theta,
 the neuron fires when its potential reaches 1 and is reset by subtracting 1. Arrays are time-major:
@@ -19,6 +20,10 @@ LATE_SPIKE_MARGIN = 1.001
 
 NO_SILENT_STEP = -1000.0
 """COS: the value of b (largest potential of a step that did not fire) when every step fired."""
+
+RESIDUAL_BOUND = 1e-3
+"""SRP: a neuron whose potential after the tau pre-simulation steps is at most this (in threshold
+units) is silenced from then on; one above it keeps firing."""
 
 MAX_UNROLL = 8
 """Time steps of a neuron scan unrolled into straight-line code.
@@ -116,3 +121,9 @@ def calibrated_shift(currents: jax.Array, rounds: int) -> jax.Array:
 def desired_count(total_current: jax.Array, steps: int) -> jax.Array:
   """The spike count a neuron should emit over `steps` steps: clip(floor(Q + 1/2), 0, steps)."""
   return jnp.clip(jnp.floor(total_current + 0.5), 0, steps)
+
+
+def residual_mask(potential: jax.Array) -> jax.Array:
+  """SRP's mask (docs/method.md §6): whether a neuron ends the pre-simulation with a residual
+  potential above RESIDUAL_BOUND, compared in the potential's own dtype."""
+  return potential > RESIDUAL_BOUND

@@ -1,4 +1,5 @@
-"""Conversion of a QCFS network into an IF spiking network, its simulation, and COS calibration.
+"""Conversion of a QCFS network into an IF spiking network, its simulation, COS calibration and
+SRP.
 
 A simulation runs in chunks of time steps. Inside a chunk every layer handles all of the chunk's
 steps at once (the convolutions see [steps * B] inputs, which keeps the matrix products large),
@@ -9,6 +10,10 @@ COS needs, for each layer, the first rho input currents produced by the calibrat
 it: that is exactly one chunk of rho steps in which each activation layer calibrates before it
 fires (docs/method.md §4). The steps after it continue from the carried potentials, so calibrating
 and simulating T steps costs max(T, rho) steps of synaptic work, not rho + T.
+
+SRP (docs/method.md §6) is one chunk of tau plain steps at whose end every activation layer
+records its residual mask and resets to 1/2, then a run of T steps with masked outputs: tau + T
+steps of synaptic work, memory flat in T like every run.
 """
 
 import dataclasses
@@ -50,6 +55,17 @@ class Shifts:
   values: dict[str, Any]
   rho: int = struct.field(pytree_node=False)
   rounds: int = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class Masks:
+  """SRP's residual masks: per IF layer a [B, *S] bool array, true where the neuron ended the tau
+  pre-simulation steps with a potential above `neuron.RESIDUAL_BOUND` (it keeps firing), false
+  where it is silenced. `tau` records the pre-simulation length.
+  """
+
+  values: dict[str, Any]
+  tau: int = struct.field(pytree_node=False)
 
 
 def convert(model: nn.Module, variables: dict[str, Any]) -> SNN:
@@ -146,12 +162,18 @@ def _nonzero_input_counter(spiking: Spiking):
   return _linear_layer_interceptor(count)
 
 
-def _apply_chunk(snn: SNN, images: jax.Array, state: dict, spiking: Spiking):
-  """Runs one chunk; `state` holds the collections carried in and out (membrane, stats)."""
-  mutable = {*state, 'membrane'} | ({'shifts'} if spiking.calibration_rounds else set())
+def _apply_chunk(
+  snn: SNN, images: jax.Array, state: dict, spiking: Spiking, masks: dict | None = None
+):
+  """Runs one chunk; `state` holds the collections carried in and out (membrane, stats), `masks`
+  SRP's residual masks (read, with `spiking.residual_masked`)."""
+  mutable = {*state, 'membrane'}
+  mutable |= {'shifts'} if spiking.calibration_rounds else set()
+  mutable |= {'residual_masks'} if spiking.srp_presimulation else set()
+  inputs = {**snn.variables, **state, **({'residual_masks': masks} if masks is not None else {})}
   with nn.intercept_methods(_nonzero_input_counter(spiking)):
     logits, updated = snn.model.clone(spiking=spiking).apply(
-      {**snn.variables, **state}, images[None], train=False, mutable=sorted(mutable)
+      inputs, images[None], train=False, mutable=sorted(mutable)
     )
   return logits, dict(updated)
 
@@ -196,36 +218,51 @@ def _run(
   chunk: int,
   shift_values: dict | None,
   statistics_steps: int,
+  masks: dict | None = None,
 ):
   """Simulates `steps` steps; the first chunk has `first_chunk` steps and calibrates if rounds;
-  spikes, currents and non-zero inputs of the first `statistics_steps` steps are summed.
+  spikes, currents and non-zero inputs of the first `statistics_steps` steps are summed; with
+  SRP's `masks`, every layer's output spikes are masked.
 
   Chunks of `chunk` steps run in one `lax.scan`, so that XLA reuses one set of buffers for all
   of them; a calibrating or differently sized first chunk and a shorter last chunk run apart.
   """
+
+  def spiking(chunk_steps, calibration_rounds=0):
+    return Spiking(
+      chunk_steps, calibration_rounds, statistics_steps, residual_masked=masks is not None
+    )
+
   state = _initial_state(snn, images, shift_values, statistics_steps)
   outputs, shifts, remaining = [], None, steps
   if rounds or first_chunk != chunk:
-    logits, state = _apply_chunk(snn, images, state, Spiking(first_chunk, rounds, statistics_steps))
+    logits, state = _apply_chunk(snn, images, state, spiking(first_chunk, rounds), masks)
     shifts = state.pop('shifts') if rounds else None
     outputs.append(logits)
     remaining = max(steps - first_chunk, 0)
   full_chunks, last_chunk = divmod(remaining, chunk)
   if full_chunks:
-    body = Spiking(chunk, statistics_steps=statistics_steps)
+    body = spiking(chunk)
     state, chunk_logits = jax.lax.scan(
-      lambda carried, _: _apply_chunk(snn, images, carried, body)[::-1],
+      lambda carried, _: _apply_chunk(snn, images, carried, body, masks)[::-1],
       state,
       None,
       length=full_chunks,
     )
     outputs.append(chunk_logits.reshape((-1,) + chunk_logits.shape[2:]))
   if last_chunk:
-    logits, state = _apply_chunk(
-      snn, images, state, Spiking(last_chunk, statistics_steps=statistics_steps)
-    )
+    logits, state = _apply_chunk(snn, images, state, spiking(last_chunk), masks)
     outputs.append(logits)
   return jnp.concatenate(outputs)[:steps], shifts, state.get('spike_stats')
+
+
+def _srp_presimulation(snn: SNN, images: jax.Array, *, tau: int, statistics: bool):
+  """SRP's tau pre-simulation steps from 1/2, as one chunk: the residual masks, and the non-zero
+  inputs of every Conv and Dense layer over the tau steps (with `statistics`, else None)."""
+  state = _initial_state(snn, images, None, tau if statistics else 0)
+  spiking = Spiking(tau, statistics_steps=tau if statistics else 0, srp_presimulation=True)
+  _, state = _apply_chunk(snn, images, state, spiking)
+  return state['residual_masks'], state.get('spike_stats')
 
 
 def _layer_name(path: tuple[str, ...]) -> str:
@@ -268,6 +305,46 @@ def _simulate_jit(
   return logits, shifts, summary
 
 
+@xla.jit(static_argnames=('tau', 'steps', 'chunk', 'statistics_steps'))
+def _srp_jit(snn, images, masks, *, tau, steps, chunk, statistics_steps=0):
+  """SRP's run: the pre-simulation (unless `masks` are given), then `steps` masked steps."""
+  presimulation_stats = None
+  if masks is None:
+    masks, presimulation_stats = _srp_presimulation(
+      snn, images, tau=tau, statistics=bool(statistics_steps)
+    )
+  if not steps:
+    return None, masks, None
+  logits, _, spike_stats = _run(
+    snn,
+    images,
+    steps=steps,
+    first_chunk=min(steps, chunk),
+    rounds=0,
+    chunk=chunk,
+    shift_values=None,
+    statistics_steps=statistics_steps,
+    masks=masks,
+  )
+  summary = _summarise(spike_stats, statistics_steps) if statistics_steps else None
+  if presimulation_stats is not None:
+    for layer, values in _summarise(presimulation_stats, tau).items():
+      if 'nonzero_inputs' in values:
+        summary[layer]['presimulation_nonzero_inputs'] = values['nonzero_inputs']
+  return logits, masks, summary
+
+
+def _check_batch(values: dict, images, what: str, found_by: str) -> None:
+  """Per-sample values (shifts, masks) must come from a batch of as many images as `images`."""
+  leaves = jax.tree.leaves(values)
+  if leaves and np.ndim(leaves[0]) and np.shape(leaves[0])[0] != images.shape[0]:
+    raise ValueError(
+      f'{what} were found on a batch of {np.shape(leaves[0])[0]} images, but '
+      f'{images.shape[0]} images were given: {what} are per sample, run {found_by} on the '
+      'same images you simulate.'
+    )
+
+
 def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
   if not isinstance(shifts, Shifts):
     raise TypeError(
@@ -275,13 +352,7 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
     )
   argument_checks.check_positive_int('shifts.rho', shifts.rho)
   argument_checks.check_positive_int('shifts.rounds', shifts.rounds)
-  leaves = jax.tree.leaves(shifts.values)
-  if leaves and np.ndim(leaves[0]) and np.shape(leaves[0])[0] != images.shape[0]:
-    raise ValueError(
-      f'shifts were calibrated on a batch of {np.shape(leaves[0])[0]} images, but '
-      f'{images.shape[0]} images were given: COS shifts are per sample, calibrate '
-      'on the same images you simulate.'
-    )
+  _check_batch(shifts.values, images, 'shifts', 'calibrate')
   expected = jax.eval_shape(
     lambda x: _run(
       snn, x, steps=1, first_chunk=1, rounds=1, chunk=1, shift_values=None, statistics_steps=0
@@ -297,6 +368,27 @@ def _check_shifts(snn: SNN, images, shifts: Shifts) -> None:
       )
 
 
+def _check_masks(snn: SNN, images, masks: Masks) -> None:
+  if not isinstance(masks, Masks):
+    raise TypeError(f'masks must be the Masks returned by srp_masks, got {type(masks).__name__}.')
+  argument_checks.check_positive_int('masks.tau', masks.tau)
+  _check_batch(masks.values, images, 'masks', 'srp_masks')
+  expected = jax.eval_shape(
+    lambda x: _srp_presimulation(snn, x, tau=1, statistics=False)[0], images
+  )
+  argument_checks.check_same_tree(masks.values or {}, expected, 'masks')
+  not_bool = [
+    f'{"/".join(path)} ({np.asarray(value).dtype})'
+    for path, value in traverse_util.flatten_dict(dict(masks.values)).items()
+    if np.asarray(value).dtype != np.bool_
+  ]
+  if not_bool:
+    raise ValueError(
+      f'masks.values must be bool arrays (True: the neuron keeps firing), but '
+      f'{argument_checks.listed(not_bool)} are not.'
+    )
+
+
 def _validated(snn: SNN, images, *, T: int, rounds: int, chunk: int | None, precision: str):
   """Checks what every simulation takes and returns the images as a JAX array."""
   precision_lib.check_precision(precision)
@@ -310,10 +402,10 @@ def _validated(snn: SNN, images, *, T: int, rounds: int, chunk: int | None, prec
   return jnp.asarray(images)  # keeps its float dtype: float64 runs stay float64
 
 
-def chunking(T: int, rho: int, chunk: int | None) -> dict[str, int]:
+def chunking(T: int, rho: int, chunk: int | None, tau: int = 0) -> dict[str, int]:
   """How a run of T steps is cut into chunks: `first_chunk` (rho with COS) and `chunk` (the
-  rest's; by default rho with COS, else DEFAULT_CHUNK), as `_run` takes them."""
-  chunk = chunk or rho or DEFAULT_CHUNK
+  rest's; by default rho with COS, tau with SRP, else DEFAULT_CHUNK), as `_run` takes them."""
+  chunk = chunk or rho or tau or DEFAULT_CHUNK
   return {'first_chunk': rho or min(T, chunk), 'chunk': chunk}
 
 
@@ -354,6 +446,7 @@ def simulate(
   T: int,
   shifts: Shifts | None = None,
   *,
+  masks: Masks | None = None,
   chunk: int | None = None,
   precision: str = precision_lib.SNN_PRECISION,
 ) -> jax.Array:
@@ -365,8 +458,12 @@ def simulate(
     T: the number of time steps (>= 1).
     shifts: initial-potential shifts from `calibrate` on the same images, or None for the plain
       QCFS conversion (every neuron starts at theta / 2).
+    masks: SRP's residual masks from `srp_masks` on the same images: the T steps after SRP's
+      pre-simulation (every neuron starts at theta / 2, silenced neurons send no spike). Not
+      with `shifts`.
     chunk: time steps per chunk; memory grows with it, not with T. By default rho with
-      shifts (so the run never holds more steps than calibration did), else DEFAULT_CHUNK.
+      shifts and tau with masks (so the run never holds more steps than the pre-simulation
+      did), else DEFAULT_CHUNK.
       A chunk's layers hold all of its steps' activations at once: a chunk of hundreds of
       steps needs hundreds of times the activation memory of one ANN forward; its compile
       time stays that of `neuron.MAX_UNROLL` steps.
@@ -380,6 +477,16 @@ def simulate(
     the argmax of `logits[:t].sum(0)`.
   """
   images = _validated(snn, images, T=T, rounds=1, chunk=chunk, precision=precision)
+  if shifts is not None and masks is not None:
+    raise ValueError(
+      'simulate takes shifts (COS) or masks (SRP), not both: the two methods are not combined.'
+    )
+  if masks is not None:
+    _check_masks(snn, images, masks)
+    with precision_lib.matmul_precision(precision):
+      return _srp_jit(
+        snn, images, masks.values, tau=masks.tau, steps=T, **_srp_chunk(T, masks.tau, chunk)
+      )[0]
   if shifts is not None:
     _check_shifts(snn, images, shifts)
   return _simulation(
@@ -468,6 +575,81 @@ def calibrate_and_simulate(
     statistics_T=statistics_T,
   )
   return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary
+
+
+def _srp_chunk(T: int, tau: int, chunk: int | None) -> dict[str, int]:
+  return {'chunk': chunking(T, 0, chunk, tau=tau)['chunk']}
+
+
+def srp_masks(
+  snn: SNN, images, tau: int = 4, *, precision: str = precision_lib.SNN_PRECISION
+) -> Masks:
+  """SRP's pre-simulation: tau plain steps from theta / 2, then each neuron's residual mask.
+
+  The rule is docs/method.md §6 (Hao et al., AAAI 2023). `simulate(snn, images, T,
+  masks=masks)` then runs the T steps after it; `srp_simulate` does both in one program.
+
+  Args:
+    snn: the network from `convert`.
+    images: [B, H, W, C] normalised images; the masks are per sample, for these images.
+    tau: the pre-simulation length (>= 1), one chunk: memory grows with tau, not with T.
+    precision: as `simulate`'s.
+
+  Returns:
+    The masks: per IF layer a [B, *S] bool array, true where the neuron keeps firing.
+  """
+  argument_checks.check_positive_int('tau', tau)
+  images = _validated(snn, images, T=tau, rounds=1, chunk=None, precision=precision)
+  with precision_lib.matmul_precision(precision):
+    masks = _srp_jit(snn, images, None, tau=tau, steps=0, chunk=tau)[1]
+  return Masks(values=masks, tau=tau)
+
+
+def srp_simulate(
+  snn: SNN,
+  images,
+  T: int,
+  tau: int = 4,
+  *,
+  chunk: int | None = None,
+  statistics_T: int = 0,
+  precision: str = precision_lib.SNN_PRECISION,
+):
+  """SRP (docs/method.md §6): the tau pre-simulation steps and the T steps after them, fused.
+
+  Gives the logits of `srp_masks` followed by `simulate(..., masks=masks)`, bit for bit. The
+  latency of step t is tau + t, and the run costs tau + T steps of synaptic work.
+
+  Args:
+    snn: the network from `convert`.
+    images: [B, H, W, C] normalised images.
+    T: the number of steps after the pre-simulation (>= 1).
+    tau: the pre-simulation length (>= 1).
+    chunk, precision: as `simulate`'s (the chunk defaults to tau).
+    statistics_T: 0, or 1..T: statistics over the first statistics_T steps after the
+      pre-simulation, as `calibrate_and_simulate` gives them, and per Conv and Dense layer the
+      non-zero inputs of the tau pre-simulation steps (`presimulation_nonzero_inputs`).
+
+  Returns:
+    `(logits, masks, statistics)`: [T, B, num_classes] logits of the T steps after the
+    pre-simulation (not summed), the `Masks`, and the statistics (None without statistics_T).
+  """
+  argument_checks.check_positive_int('tau', tau)
+  images = _validated(snn, images, T=T, rounds=1, chunk=chunk, precision=precision)
+  argument_checks.check_positive_int('statistics_T', statistics_T, minimum=0)
+  if statistics_T > T:
+    raise ValueError(f'statistics_T must be 0 (off) or between 1 and T={T}, got {statistics_T}.')
+  with precision_lib.matmul_precision(precision):
+    logits, masks, summary = _srp_jit(
+      snn,
+      images,
+      None,
+      tau=tau,
+      steps=T,
+      statistics_steps=statistics_T,
+      **_srp_chunk(T, tau, chunk),
+    )
+  return logits, Masks(values=masks, tau=tau), summary
 
 
 def neuron_counts(snn: SNN) -> dict[str, int]:

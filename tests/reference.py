@@ -1,9 +1,9 @@
-"""A deliberately simple NumPy re-implementation of the networks, the IF simulation and COS.
+"""A deliberately simple NumPy re-implementation of the networks, the IF simulation, COS and SRP.
 
-It works layer by layer over whole time sequences, exactly as docs/method.md §4 reads, with none of
-cos_jax's chunking, scans or Flax: an independent check. The test networks are built from dyadic
-numbers (small multiples of powers of two), for which every float32 operation below is exact,
-so agreement is spike for spike and the ties (potential exactly 1) really occur.
+It works layer by layer over whole time sequences, exactly as docs/method.md §§4 and 6 read,
+with none of cos_jax's chunking, scans or Flax: an independent check. The test networks are
+built from dyadic numbers (small multiples of powers of two), for which every float32 operation
+below is exact, so agreement is spike for spike and the ties (potential exactly 1) really occur.
 """
 
 import jax
@@ -50,6 +50,17 @@ def dyadic_variables(model, seed: int) -> dict:
 
 def dyadic_images(shape, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(-8, 9, shape).astype(F32) / 4
+
+
+def by_layer(values, leaf: str, prefix: str = '') -> dict:
+  """{'layer/path': array} of the `leaf` entries of a per-layer tree (shifts, masks)."""
+  out = {}
+  for key, value in values.items():
+    if key == leaf:
+      out[prefix.rstrip('/')] = np.asarray(value)
+    else:
+      out.update(by_layer(value, leaf, f'{prefix}{key}/'))
+  return out
 
 
 # ---- linear layers -------------------------------------------------------------------------
@@ -130,12 +141,16 @@ def cos_shift(v0, currents):
 
 
 class Simulation:
-  """IF layers over whole sequences: `act(name, currents [steps, B, ...])` -> outputs."""
+  """IF layers over whole sequences: `act(name, currents [steps, B, ...])` -> outputs.
 
-  def __init__(self, params, rho: int, rounds: int, shifts=None):
-    self.params, self.rho, self.rounds = params, rho, rounds
+  With `tau`, SRP: after step tau each layer keeps the mask of its neurons whose potential is
+  above 1e-3, restarts at 1/2 and masks its outputs from step tau + 1 on.
+  """
+
+  def __init__(self, params, rho: int, rounds: int, shifts=None, tau: int = 0):
+    self.params, self.rho, self.rounds, self.tau = params, rho, rounds, tau
     self.given_shifts = shifts
-    self.shifts = {}
+    self.shifts, self.masks = {}, {}
 
   def act(self, name, currents):
     theta = F32(self.params[name]['threshold'])
@@ -147,12 +162,17 @@ class Simulation:
       shift = (shift + cos_shift(F32(0.5) + shift, x[: self.rho])).astype(F32)
     self.shifts[name] = shift
     v = F32(0.5) + shift
+    mask = np.ones(x.shape[1:], F32)
     outputs = np.zeros_like(x)
     for t in range(len(x)):
       m = v + x[t]
       spikes = (m >= 1).astype(F32)
       v = m - spikes
-      outputs[t] = spikes * theta
+      outputs[t] = spikes * mask * theta
+      if self.tau and t + 1 == self.tau:
+        self.masks[name] = v > F32(1e-3)
+        mask = self.masks[name].astype(F32)
+        v = np.full_like(v, F32(0.5))
     return outputs
 
 
@@ -260,3 +280,11 @@ def snn_logits(network, variables, images, steps, rho=0, rounds=1, shifts=None, 
   total = max(steps, rho)
   act = lambda name, x: sim.act(name, np.broadcast_to(x, (total,) + x.shape[1:]))
   return network(variables, images, act, **kwargs)[:steps], sim.shifts
+
+
+def srp_logits(network, variables, images, steps, tau, **kwargs):
+  """SRP: [steps, B, C] logits of the steps after the tau pre-simulation steps, and the masks;
+  every layer runs tau + steps steps."""
+  sim = Simulation(flat_thresholds(variables['params']), 0, 1, tau=tau)
+  act = lambda name, x: sim.act(name, np.broadcast_to(x, (tau + steps,) + x.shape[1:]))
+  return network(variables, images, act, **kwargs)[tau:], sim.masks

@@ -72,7 +72,7 @@ def test_bad_rho_and_rounds(snn):
 
 def test_shifts_from_another_batch(snn):
   shifts = cos_jax.calibrate(snn, GOOD, rho=2)
-  with pytest.raises(ValueError, match='calibrated on a batch of 2 images, but 3'):
+  with pytest.raises(ValueError, match='found on a batch of 2 images, but 3'):
     cos_jax.simulate(snn, np.zeros((3, 8, 8, 1), np.float32), 4, shifts=shifts)
   with pytest.raises(TypeError, match='Shifts returned by calibrate'):
     cos_jax.simulate(snn, GOOD, 4, shifts=shifts.values)

@@ -15,16 +15,6 @@ def _images(net, seed=0):
   return reference.dyadic_images((BATCH,) + tuple(net.model.input_shape), seed)
 
 
-def _by_layer(values, prefix=''):
-  out = {}
-  for key, value in values.items():
-    if key == 'shift':
-      out[prefix.rstrip('/')] = np.asarray(value)
-    else:
-      out.update(_by_layer(value, f'{prefix}{key}/'))
-  return out
-
-
 def test_ann_matches_reference(net):
   images = _images(net)
   expected = reference.ann_logits(
@@ -49,7 +39,7 @@ def test_cos_matches_reference(net, T, rho, rounds):
     net.network, net.variables, images, T, rho=rho, rounds=rounds, **net.kwargs
   )
   shifts = cos_jax.calibrate(net.snn, images, rho=rho, rounds=rounds)
-  got_shifts = _by_layer(shifts.values)
+  got_shifts = reference.by_layer(shifts.values, 'shift')
   assert set(got_shifts) == set(expected_shifts)
   for name, value in expected_shifts.items():
     assert got_shifts[name].shape == (BATCH,) + value.shape[1:]
@@ -62,7 +52,7 @@ def test_cos_matches_reference(net, T, rho, rounds):
   )
   np.testing.assert_array_equal(np.asarray(separate), expected)
   np.testing.assert_array_equal(np.asarray(fused), expected)
-  for name, value in _by_layer(fused_shifts.values).items():
+  for name, value in reference.by_layer(fused_shifts.values, 'shift').items():
     np.testing.assert_array_equal(value, got_shifts[name])
 
 
