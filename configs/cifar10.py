@@ -79,10 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.conversion.max_T = 32  # accuracy at every T = 1..max_T
   config.conversion.statistics_T = 4  # offset spikes, firing rates and synaptic ops over T steps
   config.conversion.rhos = (4,)  # COS pre-simulation lengths
+  config.conversion.srp_taus = (4,)  # SRP pre-simulation lengths (the baseline); () for none
   config.conversion.rounds = 1  # COS rounds k
   config.conversion.batch_size = 100
   config.conversion.num_examples = -1  # -1: the whole test set; else a fixed random subset
-  config.conversion.chunk = 0  # time steps per simulation chunk; 0: rho, or 8 without COS
+  config.conversion.chunk = 0  # time steps per simulation chunk; 0: rho or tau, else 8
   # Convolutions and matrix products of the SNN and the report's ANN pass: 'highest' (full
   # precision on every backend; TPUs and recent GPUs otherwise round float32 operands, which
   # changes spikes), 'high' or 'default' (the backend's fastest).

@@ -31,5 +31,6 @@ def get_config():
   config.eval_batch_size = 120
   config.conversion.max_T = 16
   config.conversion.rhos = (2, 4)
+  config.conversion.srp_taus = (2, 4)
   config.conversion.batch_size = 120
   return config

@@ -32,5 +32,6 @@ def get_config():
   config.eval_batch_size = 32
   config.conversion.max_T = 4
   config.conversion.rhos = (2,)
+  config.conversion.srp_taus = (2,)
   config.conversion.batch_size = 32
   return config

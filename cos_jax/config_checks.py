@@ -90,15 +90,16 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
       'conversion.statistics_T',
       f'an integer from 0 (off) to max_T={max_T}',
     )
-    rhos = _field(config, 'conversion.rhos')
-    need(
-      isinstance(rhos, (tuple, list))
-      and all(_is_int(r) and r >= 1 for r in rhos)
-      and len(set(rhos)) == len(rhos),
-      'conversion.rhos',
-      'distinct integers >= 1, the COS pre-simulation lengths; the plain conversion '
-      '(rho 0) is always reported, as qcfs',
-    )
+    for field, method in (('rhos', 'COS'), ('srp_taus', 'SRP')):
+      lengths = _field(config, f'conversion.{field}')
+      need(
+        isinstance(lengths, (tuple, list))
+        and all(_is_int(r) and r >= 1 for r in lengths)
+        and len(set(lengths)) == len(lengths),
+        f'conversion.{field}',
+        f'distinct integers >= 1, the {method} pre-simulation lengths (or none); the plain '
+        'conversion (no pre-simulation) is always reported, as qcfs',
+      )
     num_examples = _field(config, 'conversion.num_examples')
     need(
       _is_int(num_examples) and (num_examples == -1 or num_examples >= 1),

@@ -1,13 +1,15 @@
-"""The conversion report: ANN, plain QCFS conversion and COS accuracy at every T, offset spikes,
-firing rates, synaptic operations and an energy estimate, written into the workdir as JSON and,
-through `report_rendering`, as markdown and PNG; and convert.py's entry point,
+"""The conversion report: ANN, plain QCFS conversion, COS and SRP accuracy at every T, offset
+spikes, firing rates, synaptic operations and an energy estimate, written into the workdir as
+JSON and, through `report_rendering`, as markdown and PNG; and convert.py's entry point,
 `convert_and_report`.
 
 Energy constants (Horowitz, ISSCC 2014, 45 nm, 32-bit float): a multiply-accumulate costs
 ENERGY_MAC_PJ, an accumulate (one synaptic event of a spike) ENERGY_AC_PJ. The SNN pays MACs only
 in its first layer, whose input is the analog image (computed once), and an accumulate per
 synaptic event elsewhere: synaptic operations of a layer = its ANN MACs times the fraction of its
-inputs that are non-zero, summed over the T steps (border effects of padding are ignored).
+inputs that are non-zero, summed over the T steps (border effects of padding are ignored). SRP
+also pays the synaptic operations of its tau pre-simulation steps (COS's rho steps are the first
+rho of its T: cos_jax computes them once).
 """
 
 import hashlib
@@ -54,8 +56,29 @@ def _show_progress(done: int, total: int, started: float, label: str, first: int
   sys.stderr.flush()
 
 
-def _methods(conversion) -> list[tuple[str, int]]:
-  return [('qcfs', 0)] + [(f'cos_rho{rho}', rho) for rho in conversion.rhos]
+def _methods(conversion) -> list[tuple[str, str, int]]:
+  """(report name, method, pre-simulation steps) of every SNN method the report runs."""
+  return (
+    [('qcfs', 'qcfs', 0)]
+    + [(f'cos_rho{rho}', 'cos', rho) for rho in conversion.rhos]
+    + [(f'srp_tau{tau}', 'srp', tau) for tau in conversion.srp_taus]
+  )
+
+
+def _simulate(network, images, conversion, method: str, steps: int):
+  """[max_T, B, C] logits and the statistics of one method on one batch."""
+  common = dict(
+    chunk=conversion.chunk or None,
+    statistics_T=conversion.statistics_T,
+    precision=conversion.precision,
+  )
+  if method == 'srp':
+    logits, _, stats = snn_lib.srp_simulate(network, images, conversion.max_T, tau=steps, **common)
+  else:
+    logits, _, stats = snn_lib.calibrate_and_simulate(
+      network, images, conversion.max_T, rho=steps, rounds=conversion.rounds, **common
+    )
+  return logits, stats
 
 
 class _Progress:
@@ -177,8 +200,8 @@ def evaluate_conversion(
     )
   else:
     batches_done, ann_correct = 0, 0
-    correct = {name: np.zeros(max_T, np.int64) for name, _ in methods}
-    layer_stats = {name: {} for name, _ in methods}
+    correct = {name: np.zeros(max_T, np.int64) for name, _, _ in methods}
+    layer_stats = {name: {} for name, _, _ in methods}
   started = time.time()
   batches = input_pipeline.eval_batches(
     split,
@@ -199,17 +222,8 @@ def evaluate_conversion(
       images, labels = parallel.shard_global_batch(mesh, images, labels)
     with precision_lib.matmul_precision(conversion.precision):
       ann_correct += int(_ann_correct(model, variables, images, labels))
-    for name, rho in methods:
-      logits, _, stats = snn_lib.calibrate_and_simulate(
-        network,
-        images,
-        max_T,
-        rho=rho,
-        rounds=conversion.rounds,
-        chunk=conversion.chunk or None,
-        statistics_T=statistics_T,
-        precision=conversion.precision,
-      )
+    for name, method, steps in methods:
+      logits, stats = _simulate(network, images, conversion, method, steps)
       correct[name] += np.asarray(_correct_by_T(logits, labels))
       for layer, values in jax.device_get(stats).items():
         totals = layer_stats[name].setdefault(layer, {})
@@ -238,9 +252,9 @@ def evaluate_conversion(
     'offset_spike_bins': list(snn_lib.OFFSET_SPIKE_BINS),
     'methods': {},
   }
-  for name, rho in methods:
+  for name, method, steps in methods:
     per_layer = {}
-    synops = 0.0
+    synops = presimulation_synops = 0.0
     for layer, totals in layer_stats[name].items():
       if 'psi_histogram' in totals:
         histogram = totals['psi_histogram']
@@ -249,23 +263,32 @@ def evaluate_conversion(
           firing_rate=float(totals['spikes'] / (neurons[layer] * n * statistics_T)),
         )
       else:
-        layer_synops = (
-          (costs[layer]['macs'] * totals['nonzero_inputs'] / (costs[layer]['inputs'] * n))
-          if layer != first_linear
-          else 0.0
-        )
+        per_input = 0.0 if layer == first_linear else costs[layer]['macs'] / costs[layer]['inputs']
+        layer_synops = per_input * totals['nonzero_inputs'] / n
         synops += layer_synops
-        per_layer.setdefault(layer, {}).update(
+        values = dict(
           synaptic_ops_per_image=float(layer_synops), ann_macs_per_image=costs[layer]['macs']
         )
+        if 'presimulation_nonzero_inputs' in totals:
+          values['presimulation_synaptic_ops_per_image'] = float(
+            per_input * totals['presimulation_nonzero_inputs'] / n
+          )
+          presimulation_synops += values['presimulation_synaptic_ops_per_image']
+        per_layer.setdefault(layer, {}).update(values)
     first_macs = costs[first_linear]['macs']
+    energy = first_macs * ENERGY_MAC_PJ + (synops + presimulation_synops) * ENERGY_AC_PJ
+    accuracy = correct[name] / n
+    if not ((accuracy >= 0) & (accuracy <= 1)).all():
+      raise AssertionError(f'{name}: accuracies outside 0-100 %: {accuracy.tolist()}')
     report['methods'][name] = {
-      'rho': rho,
-      'accuracy_by_T': (correct[name] / n).tolist(),
-      'latency_by_T': [rho + t for t in range(1, max_T + 1)],
+      'method': method,
+      **({'tau': steps} if method == 'srp' else {'rho': steps}),
+      'accuracy_by_T': accuracy.tolist(),
+      'latency_by_T': [steps + t for t in range(1, max_T + 1)],
       'layers': per_layer,
       'synaptic_ops_per_image': synops,
-      'snn_energy_uj_per_image': (first_macs * ENERGY_MAC_PJ + synops * ENERGY_AC_PJ) * 1e-6,
+      'presimulation_synaptic_ops_per_image': presimulation_synops,
+      'snn_energy_uj_per_image': energy * 1e-6,
     }
   return report
 
@@ -281,9 +304,11 @@ def write_report(
     'levels': config.levels,
     'dataset': config.dataset,
     'rhos': list(config.conversion.rhos),
+    'srp_taus': list(config.conversion.srp_taus),
     'chunk': config.conversion.chunk,
   }
-  title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, QCFS and COS'
+  methods = 'QCFS, COS and SRP' if config.conversion.srp_taus else 'QCFS and COS'
+  title = title or f'{config.arch} (L = {config.levels}) on {config.dataset}: ANN, {methods}'
   markdown = report_rendering.to_markdown(report, title)
   print(markdown, flush=True)
   if jax.process_index():

@@ -1,5 +1,5 @@
 """The integrate-and-fire neuron, the offset-spike calibration rule (COS) and the residual-potential
-mask of SRP (docs/method.md §§2, 4, 5, 6).
+mask of SRP (docs/method.md §§2, 4, 5, 9).
 
 Everything here works in units of the threshold: the input current is already divided by theta,
 the neuron fires when its potential reaches 1 and is reset by subtracting 1. Arrays are time-major:
@@ -124,6 +124,6 @@ def desired_count(total_current: jax.Array, steps: int) -> jax.Array:
 
 
 def residual_mask(potential: jax.Array) -> jax.Array:
-  """SRP's mask (docs/method.md §6): whether a neuron ends the pre-simulation with a residual
+  """SRP's mask (docs/method.md §9): whether a neuron ends the pre-simulation with a residual
   potential above RESIDUAL_BOUND, compared in the potential's own dtype."""
   return potential > RESIDUAL_BOUND

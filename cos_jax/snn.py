@@ -11,7 +11,7 @@ it: that is exactly one chunk of rho steps in which each activation layer calibr
 fires (docs/method.md §4). The steps after it continue from the carried potentials, so calibrating
 and simulating T steps costs max(T, rho) steps of synaptic work, not rho + T.
 
-SRP (docs/method.md §6) is one chunk of tau plain steps at whose end every activation layer
+SRP (docs/method.md §9) is one chunk of tau plain steps at whose end every activation layer
 records its residual mask and resets to 1/2, then a run of T steps with masked outputs: tau + T
 steps of synaptic work, memory flat in T like every run.
 """
@@ -586,7 +586,7 @@ def srp_masks(
 ) -> Masks:
   """SRP's pre-simulation: tau plain steps from theta / 2, then each neuron's residual mask.
 
-  The rule is docs/method.md §6 (Hao et al., AAAI 2023). `simulate(snn, images, T,
+  The rule is docs/method.md §9 (Hao et al., AAAI 2023). `simulate(snn, images, T,
   masks=masks)` then runs the T steps after it; `srp_simulate` does both in one program.
 
   Args:
@@ -615,7 +615,7 @@ def srp_simulate(
   statistics_T: int = 0,
   precision: str = precision_lib.SNN_PRECISION,
 ):
-  """SRP (docs/method.md §6): the tau pre-simulation steps and the T steps after them, fused.
+  """SRP (docs/method.md §9): the tau pre-simulation steps and the T steps after them, fused.
 
   Gives the logits of `srp_masks` followed by `simulate(..., masks=masks)`, bit for bit. The
   latency of step t is tau + t, and the run costs tau + T steps of synaptic work.

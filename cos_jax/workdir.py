@@ -126,6 +126,7 @@ FIELDS_BEFORE_THEY_EXISTED = {
   'warmup_epochs': 0.0,
   'weight_decay_on': 'all',
   'conversion.precision': 'highest',  # a report setting, free to change: today's default
+  'conversion.srp_taus': (4,),  # likewise
 }
 
 

@@ -1,6 +1,6 @@
 """A deliberately simple NumPy re-implementation of the networks, the IF simulation, COS and SRP.
 
-It works layer by layer over whole time sequences, exactly as docs/method.md §§4 and 6 read,
+It works layer by layer over whole time sequences, exactly as docs/method.md §§4 and 9 read,
 with none of cos_jax's chunking, scans or Flax: an independent check. The test networks are
 built from dyadic numbers (small multiples of powers of two), for which every float32 operation
 below is exact, so agreement is spike for spike and the ties (potential exactly 1) really occur.

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 import cos_jax
-from cos_jax import conversion_report, input_pipeline, run_state, sources, torch_import
+from cos_jax import (
+  conversion_report,
+  input_pipeline,
+  report_rendering,
+  run_state,
+  sources,
+  torch_import,
+)
 from tests.conftest import ROOT, config_with
 
 
@@ -33,10 +40,36 @@ def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_r
   ):
     conversion_report.convert_and_report(workdir, config_with(arch='resnet20', num_epochs=3))
   config = config_with()
-  config.conversion.update(max_T=2, statistics_T=2, rhos=(1,))
+  config.conversion.update(max_T=2, statistics_T=2, rhos=(1,), srp_taus=(1, 3))
   report = conversion_report.convert_and_report(workdir, config)
-  assert set(report['methods']) == {'qcfs', 'cos_rho1'}
+  assert set(report['methods']) == {'qcfs', 'cos_rho1', 'srp_tau1', 'srp_tau3'}
   assert len(report['methods']['cos_rho1']['accuracy_by_T']) == 2
+  srp = report['methods']['srp_tau3']
+  assert srp['method'] == 'srp' and srp['tau'] == 3 and srp['latency_by_T'] == [4, 5]
+  assert srp['presimulation_synaptic_ops_per_image'] > 0
+  assert report['methods']['cos_rho1']['presimulation_synaptic_ops_per_image'] == 0
+  assert '## Accuracy at equal latency' in (workdir / 'report.md').read_text()
+
+
+def test_the_equal_latency_table_shifts_each_method_by_its_presimulation():
+  """Hand-built: at latency n a method shows its accuracy at T = n - rho (or tau)."""
+  report = {
+    'max_T': 4,
+    'methods': {
+      'qcfs': {'method': 'qcfs', 'rho': 0, 'accuracy_by_T': [0.1, 0.2, 0.3, 0.4]},
+      'cos_rho2': {'method': 'cos', 'rho': 2, 'accuracy_by_T': [0.5, 0.6, 0.7, 0.8]},
+      'srp_tau2': {'method': 'srp', 'tau': 2, 'accuracy_by_T': [0.45, 0.6, 0.75, 0.7]},
+    },
+  }
+  lines = report_rendering._equal_latency(report)  # pylint: disable=protected-access
+  assert '| method | latency 1 | latency 2 | latency 4 |' in lines
+  assert '| qcfs | 10.00 | 20.00 | 40.00 |' in lines
+  assert '| cos_rho2 | - | - | 60.00 |' in lines  # latency 4 = 2 + T=2
+  assert '| srp_tau2 | - | - | 60.00 |' in lines
+  assert lines[-1] == (
+    'cos_rho2 against srp_tau2 (the same latency at every T): COS above at 2, equal at 1 and '
+    'below at 1 of the 4 T.'
+  )
 
 
 def test_an_interrupted_conversion_report_resumes_where_it_stopped(
@@ -87,7 +120,7 @@ def test_convert_py_reports_an_imported_pytorch_checkpoint(tmp_path):
   test = sources.load(config).test
   logits = model.apply(variables, input_pipeline.normalise(test.images, config.mean, config.std))
   assert report['ann_accuracy'] == float((np.asarray(logits).argmax(-1) == test.labels).mean())
-  assert set(report['methods']) == {'qcfs', 'cos_rho1'}
+  assert set(report['methods']) == {'qcfs', 'cos_rho1', 'srp_tau2'}
   assert (tmp_path / 'run' / 'report.md').exists()
 
 

@@ -185,6 +185,8 @@ def test_simulation_compiles_once_per_shape(snn):
   [
     ({'conversion.rhos': (0, 2)}, r'conversion.rhos=\(0, 2\) \(distinct integers >= 1'),
     ({'conversion.rhos': (2, 2)}, r'conversion.rhos=\(2, 2\) \(distinct integers >= 1'),
+    ({'conversion.srp_taus': (4, 4)}, r'conversion.srp_taus=\(4, 4\) \(distinct integers >= 1'),
+    ({'conversion.srp_taus': (1.5,)}, r'conversion.srp_taus=\(1.5,\) \(distinct integers >= 1'),
     ({'conversion.max_T': 0}, r'conversion.max_T=0 \(an integer >= 1\)'),
     (
       {'conversion.statistics_T': 9},

@@ -48,6 +48,9 @@ class _Lowerings:
 def snn_lowerings(monkeypatch):
   lowerings = _Lowerings(snn._simulate_jit)
   monkeypatch.setattr(snn, '_simulate_jit', lowerings)
+  srp_lowerings = _Lowerings(snn._srp_jit)
+  srp_lowerings.texts = lowerings.texts  # one list: every SNN program, COS's and SRP's
+  monkeypatch.setattr(snn, '_srp_jit', srp_lowerings)
   return lowerings
 
 
@@ -56,12 +59,15 @@ def _run_every_snn_function(network, **precision):
   cos_jax.simulate(network, IMAGES, 3, shifts, **precision)
   cos_jax.simulate(network, IMAGES, 3, **precision)
   cos_jax.calibrate_and_simulate(network, IMAGES, 3, rho=2, statistics_T=2, **precision)
+  masks = cos_jax.srp_masks(network, IMAGES, tau=2, **precision)
+  cos_jax.simulate(network, IMAGES, 3, masks=masks, **precision)
+  cos_jax.srp_simulate(network, IMAGES, 3, tau=2, statistics_T=2, **precision)
 
 
 def test_the_snn_runs_at_full_precision_even_under_a_lower_global_default(tiny_net, snn_lowerings):
   with jax.default_matmul_precision('bfloat16'):  # what a user may have set for the whole process
     _run_every_snn_function(cos_jax.convert(tiny_net.model, tiny_net.variables))
-  assert len(snn_lowerings.texts) == 4
+  assert len(snn_lowerings.texts) == 7
   for text in snn_lowerings.texts:
     assert all(asked == {'HIGHEST'} for asked in precisions_asked(text))
 
@@ -99,7 +105,8 @@ def test_the_reports_ann_pass_and_snn_run_at_the_configs_precision(
       config, model, variables, sources.load(config).test
     )
   assert report['precision'] == chosen
-  assert len(ann_lowerings.texts) == 1 and len(snn_lowerings.texts) == 1  # the plain conversion
+  assert len(ann_lowerings.texts) == 1
+  assert len(snn_lowerings.texts) == 2  # the plain conversion and SRP (tau = 2)
   for text in ann_lowerings.texts + snn_lowerings.texts:
     assert all(asked == {chosen.upper()} for asked in precisions_asked(text))
 

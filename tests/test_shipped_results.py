@@ -53,30 +53,33 @@ def test_shipped_configs_pass_the_conversion_checks_with_relative_data_paths(run
   assert not Path(config.data_dir).is_absolute(), 'a clone elsewhere could not find the data'
 
 
-ACCURACY_HEADER = '| method | rho | ANN | T=1 | T=2 | T=4 | T=8 | T=16 | T=32 |'
-METHODS_PER_TABLE = 4  # QCFS and COS at rho = 2, 4, 8
+ACCURACY_HEADER = '| method | rho or tau | ANN | T=1 | T=2 | T=4 | T=8 | T=16 | T=32 |'
+
+
+_README_NAMES = {'qcfs': 'QCFS (no shifts)', 'cos_rho': 'COS', 'srp_tau': 'SRP'}
 
 
 def report_table_rows(report: dict) -> tuple[str, ...]:
   """The accuracy rows of a report.json as report.md writes them, named as the READMEs name the
-  methods ('QCFS (no shifts)' for qcfs, 'COS' for cos_rho<N>)."""
+  methods ('QCFS (no shifts)' for qcfs, 'COS' for cos_rho<N>, 'SRP' for srp_tau<N>)."""
   lines = report_rendering.to_markdown(report, title='').splitlines()
   start = lines.index(ACCURACY_HEADER) + 2
   rows = lines[start : start + len(report['methods'])]
   return tuple(
-    f'| {"QCFS (no shifts)" if name == "qcfs" else "COS"} |{row.split("|", 2)[2]}'
+    f'| {_README_NAMES[name.rstrip("0123456789")]} |{row.split("|", 2)[2]}'
     for name, row in zip(report['methods'], rows, strict=True)
   )
 
 
 def quoted_tables(markdown: str) -> list[tuple[str, ...]]:
   """The rows of every accuracy table with T up to 32 in `markdown`."""
-  lines = markdown.splitlines()
-  return [
-    tuple(lines[i + 2 : i + 2 + METHODS_PER_TABLE])
-    for i, line in enumerate(lines)
-    if line == ACCURACY_HEADER
-  ]
+  lines = markdown.splitlines() + ['']
+  tables = []
+  for start, line in enumerate(lines):
+    if line == ACCURACY_HEADER:
+      end = lines.index('', start)
+      tables.append(tuple(lines[start + 2 : end]))
+  return tables
 
 
 def test_readme_accuracy_tables_are_those_of_the_shipped_reports():

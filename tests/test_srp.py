@@ -1,4 +1,4 @@
-"""SRP (docs/method.md §6): the mask rule on hand-built sequences, and whole runs against the NumPy
+"""SRP (docs/method.md §9): the mask rule on hand-built sequences, and whole runs against the NumPy
 reference spike for spike, fused and unfused."""
 
 import jax
