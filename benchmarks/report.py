@@ -314,6 +314,45 @@ def _interrupt_section(interrupt: dict) -> list[str]:
   return lines
 
 
+def _srp_section(result: dict) -> list[str]:
+  """SRP against COS at the same latency, on the machine the JSON names."""
+  machine = result['machine']
+  ratios = [v['srp_over_cos'] for r in result['results'] for v in r['rows']]
+  lines = [
+    '## SRP against COS at the same latency',
+    '',
+    f'`{result["command"]}` ([`srp_cost.json`](srp_cost.json)), {machine["cpu"]}, '
+    f'{machine["cores"]} cores, {machine["date"]}: the fused `calibrate_and_simulate` (rho = p) '
+    'and `srp_simulate` (tau = p), random weights with every threshold at 2. Both answer at '
+    'latency p + T; COS does max(T, p) steps of work, SRP p + T.',
+    '',
+    '| model | batch | p | T | latency | COS s | SRP s | SRP / COS | steps of work, COS : SRP |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in result['results']:
+    for v in r['rows']:
+      lines.append(
+        f'| {r["arch"]} | {r["batch"]} | {r["presimulation"]} | {v["T"]} | {v["latency"]} | '
+        f'{v["cos_seconds"]:.3f} | {v["srp_seconds"]:.3f} | {v["srp_over_cos"]:.2f} | '
+        f'{v["cos_steps"]} : {v["srp_steps"]} |'
+      )
+  lines += [
+    '',
+    f'SRP takes {min(ratios):.2f} to {max(ratios):.2f} times as long as COS at the same '
+    'latency. Peak memory of its compiled run (arguments, outputs, temporaries) against T:',
+    '',
+    '| model | ' + ' | '.join(f'T={v["T"]}' for v in result['results'][0]['memory']) + ' |',
+    '|---|' + '---|' * len(result['results'][0]['memory']),
+  ]
+  for r in result['results']:
+    lines.append(
+      f'| {r["arch"]} | '
+      + ' | '.join(f'{v["peak_bytes"] / 2**20:.1f} MB' for v in r['memory'])
+      + ' |'
+    )
+  return lines + ['']
+
+
 def _accelerator_section() -> list[str]:
   """The device check's figures, or the command that makes them where none has run yet."""
   lines = [
@@ -379,6 +418,7 @@ def main():
   lines += _train_step_section(_load('train_step.json'), _load('train_step_parts.json'))
   lines += _cost_section(cost)
   lines += _memory_section(_load('snn_memory.json'))
+  lines += _srp_section(_load('srp_cost.json'))
   lines += _profile_section(_load('layer_profile.json'))
   lines += _pipeline_section(_load('input_pipeline.json'))
   lines += _interrupt_section(_load('interrupt.json'))

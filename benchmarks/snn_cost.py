@@ -42,14 +42,19 @@ def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int
   return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
-def benchmark_model(arch: str, args) -> dict:
+def firing_network(arch: str):
+  """(model, variables, snn) of `arch` at CIFAR shapes: random weights with every threshold at 2,
+  so that neurons fire at rates like a trained network's."""
   model = cos_jax.create_model(arch, num_classes=10, levels=4)
   variables = cos_jax.init_variables(model, jax.random.key(0))
-  # Thresholds and BN as after training, so that neurons fire at realistic rates.
   variables['params'] = jax.tree.map(
     lambda x: jnp.full_like(x, 2.0) if x.ndim == 0 else x, variables['params']
   )
-  snn = cos_jax.convert(model, variables)
+  return model, variables, cos_jax.convert(model, variables)
+
+
+def benchmark_model(arch: str, args) -> dict:
+  model, variables, snn = firing_network(arch)
   ann = xla.jit(lambda v, x: model.apply(v, x, train=False))
   result = {'arch': arch, 'ann': {}, 'snn': [], 'memory': []}
   rng = np.random.default_rng(0)

@@ -1,9 +1,13 @@
 """What train.py and convert.py share on the command line: the flags of a run over several
-processes, flag parsing that turns a mistyped config override into one flag error, and a Ctrl-C
-that ends in one line saying how to resume."""
+processes, flag parsing that turns a mistyped config override into one flag error, and an end
+that comes promptly: a Ctrl-C in one line saying how to resume, a failed write in one line
+naming the file and the system's error."""
 
 import contextlib
+import os
+import re
 import sys
+import traceback
 
 import jax
 from absl import app, flags
@@ -57,17 +61,71 @@ def initialize_distributed() -> None:
   )
 
 
+def _chain(error: BaseException):
+  """The error and those it was raised from or while handling, outermost first."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+_STORAGE_ERROR = re.compile(r'"(/[^"]+)": ([A-Z][^"\[\]]*?)\s*(?:\[|$)')
+"""A file and the system's error as tensorstore words them (orbax writes arrays through it):
+`...Failed to open: "/path/file": File name too long [tensorstore_spec=...`."""
+
+
+def storage_failure(error: BaseException) -> str | None:
+  """'<file>: <the system's error>' if a file could not be written or read, else None."""
+  for cause in _chain(error):
+    if isinstance(cause, OSError) and cause.strerror:
+      return f'{cause.filename or "(no file named)"}: {cause.strerror}'
+  for cause in _chain(error):
+    found = _STORAGE_ERROR.findall(str(cause))
+    if found:
+      return '{}: {}'.format(*found[-1])
+  return None
+
+
+def _exit_now(status: int) -> None:
+  """Ends the process at once. A checkpoint save that failed or was interrupted can leave
+  orbax's background threads waiting on each other, and a normal exit joins them first: the
+  process would hang after its last line. Whatever could be saved has been by now (the
+  checkpoint manager is closed, the lock released); a save left half-written is a temporary
+  folder that the next run ignores."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
 @contextlib.contextmanager
 def resumable_on_interrupt(path, resumes: str):
-  """Ctrl-C in train.py or convert.py ends the process with one line saying how the run resumes
-  (`resumes`: from where), not a traceback; exit status 130, as a shell reports an interrupted
-  command. Whatever the run was doing has been wound down by then (checkpoint manager closed,
-  lock released)."""
+  """How train.py and convert.py end on anything but success, promptly (`_exit_now`):
+
+  - Ctrl-C: one line saying how the run resumes (`resumes`: from where), not a traceback;
+    exit status 130, as a shell reports an interrupted command. An error raised while the run
+    wound down after it (orbax's, closing its save) counts as the interruption.
+  - a file that could not be written or read (disk full, a read-only folder, a name too long):
+    one line naming the file and the system's error; exit status 1.
+  - any other error: its traceback, as Python prints it; exit status 1.
+  """
   try:
     yield
-  except KeyboardInterrupt:
-    sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
-    sys.exit(130)
+  except SystemExit:
+    raise
+  except BaseException as error:  # pylint: disable=broad-exception-caught
+    if any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error)):
+      sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
+      _exit_now(130)
+    failure = storage_failure(error)
+    if failure:
+      sys.stderr.write(
+        f'Could not write or read {failure}. Free space or fix the folder; then the same '
+        f'command resumes the run in {path}: {resumes}.\n'
+      )
+    else:
+      traceback.print_exc()
+    _exit_now(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cos_jax import optimizer, run_state, training, workdir
+from cos_jax import cli, optimizer, run_state, training, workdir
 from tests.conftest import ROOT, config_with
 
 
@@ -107,23 +108,84 @@ def test_a_torn_last_metrics_line_is_dropped(finished_run, tmp_path, capsys):
     json.loads(line)
 
 
+SIGINT_DELAYS_S = (0.0, 0.05, 0.3)
+"""When the Ctrl-C lands after the save begins, one trial each: before, during and after the
+write itself."""
+
+
 def test_ctrl_c_during_a_checkpoint_write_exits_promptly_leaving_checkpoints_whole(tmp_path):
-  process = subprocess.Popen(
-    [sys.executable, '-m', 'tests.programs.interrupted_save', str(tmp_path)],
-    cwd=ROOT,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  """A race in orbax can leave threads that a normal exit waits on for ever: whenever the Ctrl-C
+  lands, the process ends within the timeout, with the resume line, and what is on disk
+  restores. The trials run at once, each in its own process."""
+  processes = [
+    subprocess.Popen(
+      [sys.executable, '-m', 'tests.programs.interrupted_save', str(tmp_path / f'{i}'), str(d)],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i, d in enumerate(SIGINT_DELAYS_S)
+  ]
   try:
-    assert any(line.strip() == 'saving' for line in iter(process.stdout.readline, ''))
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=120)  # a hang (the save sleeps 600 s) fails; 60 s was short under load
+    for process, delay in zip(processes, SIGINT_DELAYS_S, strict=True):
+      assert any(line.strip() == 'saving' for line in iter(process.stdout.readline, ''))
+      time.sleep(delay)
+      process.send_signal(signal.SIGINT)
+    for process in processes:
+      process.wait(timeout=120)  # a hang (the save sleeps 600 s) fails; 60 s was short under load
   finally:
-    process.kill()
-  assert process.returncode != 0 and 'KeyboardInterrupt' in process.stderr.read()
-  _, variables = run_state.restore_variables(config_with(), tmp_path)
-  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))
+    for process in processes:
+      process.kill()
+  for i, process in enumerate(processes):
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith('Interrupted. The same command resumes')
+    _, variables = run_state.restore_variables(config_with(), tmp_path / f'{i}')
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line(tmp_path):
+  """A save that fails (here a path too long for the system) ends the process at once, saying
+  which file and why, instead of orbax's traceback and a hang."""
+  workdir = tmp_path
+  while len(str(workdir)) < 4000:  # the workdir itself fits, a checkpoint's files do not
+    workdir = workdir / ('d' * min(200, 4000 - len(str(workdir))))
+  workdir.mkdir(parents=True)
+  process = subprocess.run(
+    [
+      sys.executable,
+      'train.py',
+      '--config=configs/test.py',
+      f'--workdir={workdir}',
+      '--config.conversion.enabled=False',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert process.returncode == 1
+  last = process.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'Could not write or read {workdir}/checkpoints/'), last
+  assert ': File name too long. Free space or fix the folder; then the same command' in last
+
+
+def test_storage_failures_are_found_in_the_error_chain():
+  full = OSError(28, 'No space left on device', '/runs/a/checkpoints/10/x')
+  try:
+    try:
+      raise full
+    except OSError as error:
+      raise RuntimeError('Save Finalize thread failed') from error
+  except RuntimeError as error:
+    assert cli.storage_failure(error) == '/runs/a/checkpoints/10/x: No space left on device'
+  tensorstore = ValueError(
+    'Error opening "zarr" driver: Error writing local file "/runs/a/ocdbt/d/1": '
+    'No space left on device [tensorstore_spec=\'{"driver": "zarr"}\']'
+  )
+  assert cli.storage_failure(tensorstore) == '/runs/a/ocdbt/d/1: No space left on device'
+  assert cli.storage_failure(ValueError('conversion.rhos=(2, 2) (distinct integers)')) is None
 
 
 def test_ctrl_c_in_train_py_ends_in_one_line_saying_how_to_resume(tmp_path):
