@@ -6,9 +6,11 @@ held in memory:
   tfds          CIFAR-10/100, ImageNet through tensorflow-datasets' random-access `data_source`
                 (ArrayRecord files, prepared by tfds once; the download needs the internet).
   cifar_pickle  the `cifar-10-batches-py` / `cifar-100-python` folders other frameworks download.
-  image_folder  <data_dir>/<split>/<class>/*.jpg|*.png, classes sorted by name, one file read
-                and decoded per example; or, with `preload_images`, every image decoded once
-                when the data set is opened and held in memory (data sets that fit: CIFAR).
+  image_folder  <data_dir>/<split>/<class>/**/<image>, every format PIL reads, in nested
+                folders too (as torchvision's ImageFolder), hidden files and folders skipped
+                and what is left out reported; classes sorted by name, one file read and
+                decoded per example; or, with `preload_images`, every image decoded once when
+                the data set is opened and held in memory (data sets that fit: CIFAR).
   digits        scikit-learn's bundled 8x8 digits: real data that needs no download.
   synthetic     random class-dependent patterns, for tests.
 
@@ -25,7 +27,24 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+def image_suffixes() -> frozenset[str]:
+  """The file suffixes of every image format PIL can decode here (.jpg, .png, .bmp, .webp, .tif,
+  .gif, ...: those of the installed plug-ins, less the stubs that need an outside handler)."""
+  from PIL import Image, ImageFile  # pylint: disable=g-import-not-at-top
+
+  Image.init()
+  return frozenset(
+    suffix
+    for suffix, name in Image.registered_extensions().items()
+    if name in Image.OPEN
+    and not (
+      isinstance(Image.OPEN[name][0], type)
+      and issubclass(Image.OPEN[name][0], ImageFile.StubImageFile)
+    )
+  )
+
+
 TFDS_NAMES = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'imagenet': 'imagenet2012'}
 CIFAR_PICKLE_FOLDERS = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}
 
@@ -244,24 +263,48 @@ def _decode_image(path: Path, channels: int) -> np.ndarray:
         image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), 'L')
       image = image.convert('RGB' if channels == 3 else 'L')
       return np.asarray(image, np.uint8).reshape(image.size[1], image.size[0], channels)
-  except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for damaged files
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's
+    # errors for damaged files, and for images too large to be taken on trust
     raise DataError(
       f'image_folder: cannot decode {path} ({type(error).__name__}: {error}); '
       'replace or remove the file.'
     ) from error
 
 
+def _class_files(class_dir: Path, suffixes: frozenset[str]) -> tuple[list[Path], list[Path]]:
+  """(images, other files) under a class folder, nested folders included, sorted by path;
+  hidden files and folders (a name starting with '.', macOS's `._x.png` too) are neither."""
+  images, others = [], []
+  for path in sorted(class_dir.rglob('*')):
+    if any(part.startswith('.') for part in path.relative_to(class_dir).parts):
+      continue
+    if path.is_file():
+      (images if path.suffix.lower() in suffixes else others).append(path)
+  return images, others
+
+
 def _list_folder(split_dir: Path, classes: list[str], channels: int) -> ImageFolderSplit:
-  files, labels = [], []
+  files, labels, left_out = [], [], []
+  suffixes = image_suffixes()
   for label, name in enumerate(classes):
-    found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found, others = _class_files(split_dir / name, suffixes)
     if not found:
       raise DataError(
-        f'image_folder: the class folder {split_dir / name} holds no '
-        f'{"/".join(IMAGE_SUFFIXES)} files: add its images or remove the folder.'
+        f'image_folder: the class folder {split_dir / name} holds no image files (of the '
+        'formats PIL reads): add its images or remove the folder.'
       )
     files += found
     labels += [label] * len(found)
+    left_out += others
+  loose = [p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith('.')]
+  if left_out or loose:
+    examples = ', '.join(str(p) for p in (left_out + loose)[:3])
+    print(
+      f'image_folder: left out {len(left_out)} files in the class folders of {split_dir} that '
+      f'are not images PIL reads, and {len(loose)} files outside any class folder (e.g. '
+      f'{examples}).',
+      flush=True,
+    )
   return ImageFolderSplit(tuple(files), np.asarray(labels, np.int32), channels)
 
 
@@ -274,8 +317,10 @@ def _load_image_folder(config, preload: bool) -> Dataset:
   split_dirs = {split: root / split for split in ('train', config.test_split)}
   for split, path in split_dirs.items():
     _require_dir(path, f'image_folder: the {split!r} split (<root>/{split}/<class>/*.jpg)')
-  classes = sorted(p.name for p in split_dirs['train'].iterdir() if p.is_dir())
-  test_classes = sorted(p.name for p in split_dirs[config.test_split].iterdir() if p.is_dir())
+  classes, test_classes = (
+    sorted(p.name for p in split_dirs[s].iterdir() if p.is_dir() and not p.name.startswith('.'))
+    for s in ('train', config.test_split)
+  )
   if not classes:
     raise DataError(f'image_folder: {split_dirs["train"]} has no class folders.')
   if test_classes != classes:

@@ -161,6 +161,54 @@ def test_image_folder_data_errors_name_the_file(tmp_path):
   assert gray.train[0][0].shape == (8, 8, 1)
 
 
+def test_image_folder_reads_every_format_and_nested_folder_and_says_what_it_left_out(
+  tmp_path, capsys
+):
+  root = tmp_path / 'images'
+  formats = ('png', 'jpg', 'bmp', 'webp', 'tif', 'gif')
+  for split in ('train', 'test'):
+    for name in ('a', 'b'):
+      folder = root / split / name
+      (folder / 'nested' / 'deeper').mkdir(parents=True)
+      for i, suffix in enumerate(formats):
+        image = Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8))
+        image.save(folder / f'{i}.{suffix}')
+        image.save(folder / 'nested' / 'deeper' / f'{i}.{suffix.upper()}')
+      (folder / '._0.png').write_bytes(b'\x00\x05\x16\x07 macOS resource fork')
+      (folder / '.DS_Store').write_bytes(b'Bud1')
+      (folder / '.thumbnails').mkdir()
+      Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / '.thumbnails' / 'x.png')
+      (folder / 'labels.txt').write_text('not an image')
+    (root / split / '.hidden_class').mkdir()
+  (root / 'train' / 'README').write_text('loose')
+  config = config_with(
+    data_source='image_folder', data_dir=str(root), input_shape=(8, 8, 3), preload_images=False
+  )
+  dataset = sources.load(config)
+  assert dataset.class_names == ('a', 'b')
+  assert len(dataset.train) == len(dataset.test) == 2 * 2 * len(formats)  # 24 of 24 images
+  names = [p.relative_to(root / 'train').as_posix() for p in dataset.train.files]
+  assert 'a/3.webp' in names and 'b/nested/deeper/5.GIF' in names and 'a/4.tif' in names
+  assert [int(dataset.train[i][0][0, 0, 0]) for i in range(len(formats))] == [0, 10, 20, 30, 40, 50]
+  out = capsys.readouterr().out
+  assert (
+    f'image_folder: left out 2 files in the class folders of {root / "train"} that are not '
+    'images PIL reads, and 1 files outside any class folder (e.g.'
+  ) in out
+  assert f'left out 2 files in the class folders of {root / "test"}' in out
+  assert '._0.png' not in out and 'DS_Store' not in out
+
+
+def test_an_image_too_large_to_trust_is_named(tmp_path, monkeypatch):
+  """PIL refuses images of over 2 x MAX_IMAGE_PIXELS (decompression bombs): the error names the
+  file and says what to do (lowered here so that a small image trips it)."""
+  path = tmp_path / 'huge.png'
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)
+  with pytest.raises(sources.DataError, match=r'cannot decode .*huge.png \(DecompressionBombError'):
+    sources._decode_image(path, 3)  # pylint: disable=protected-access
+
+
 def test_missing_data_folders_say_what_was_expected(tmp_path):
   with pytest.raises(sources.DataError, match='expected a folder at .*nowhere.*found nothing'):
     sources.load(config_with(data_source='image_folder', data_dir=str(tmp_path / 'nowhere')))
