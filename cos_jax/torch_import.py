@@ -7,6 +7,7 @@ Layouts: PyTorch convs are OIHW (Flax HWIO), dense weights (out, in) (Flax (in, 
 PyTorch flattens feature maps as (C, H, W) where Flax flattens (H, W, C).
 """
 
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -175,10 +176,26 @@ def export_state_dict(model: nn.Module, variables: dict) -> dict[str, np.ndarray
   return state_dict
 
 
+def _is_torch_archive(path: Path) -> bool:
+  """torch.save writes a zip archive holding <name>/data.pkl (an .npz is a zip of .npy files)."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    return any(name.endswith('data.pkl') for name in archive.namelist())
+
+
 def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
+  """The arrays of a checkpoint file, told apart by their content, not their file name."""
   if not path.is_file():
     raise FileNotFoundError(f'No checkpoint file at {path}.')
-  if path.suffix == '.npz':
+  with open(path, 'rb') as f:
+    if f.read(6) == b'\x93NUMPY':
+      raise ValueError(
+        f"{path} is a single NumPy array (.npy), not an archive of the state_dict's arrays: "
+        'save it with np.savez(path, **state_dict), one array per PyTorch key.'
+      )
+  torch_archive = _is_torch_archive(path)
+  if not torch_archive and (zipfile.is_zipfile(path) or path.suffix.lower() == '.npz'):
     try:
       with np.load(path) as arrays:
         return {key: arrays[key] for key in arrays.files}
@@ -207,14 +224,43 @@ def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
   for wrapper in ('state_dict', 'model', 'net'):
     if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
       loaded = loaded[wrapper]
-  return {key: value.numpy() for key, value in loaded.items()}
+  if not isinstance(loaded, dict):
+    raise ValueError(
+      f'{path} holds a {type(loaded).__name__}, not a state_dict: save it with '
+      'torch.save(model.state_dict(), path).'
+    )
+  return {
+    key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    if isinstance(value, torch.Tensor)
+    else np.asarray(value)
+    for key, value in loaded.items()
+  }
+
+
+def _without_wrapper_prefix(state_dict: dict, known: set[str]) -> dict:
+  """The keys without the first name a wrapper gave every one of them (DataParallel's
+  `module.`, a Lightning module's `model.`, or both), while no key is one the model knows."""
+  while state_dict and not known.intersection(state_dict):
+    firsts = {key.split('.', 1)[0] for key in state_dict}
+    if len(firsts) != 1 or not all('.' in key for key in state_dict):
+      break
+    state_dict = {key.split('.', 1)[1]: value for key, value in state_dict.items()}
+  return state_dict
+
+
+def _not_numbers(key: str, value) -> str | None:
+  dtype = np.asarray(value).dtype
+  if np.issubdtype(dtype, np.number):
+    return None
+  hint = ' (bfloat16 saved through NumPy? cast to float32 first)' if dtype.kind == 'V' else ''
+  return f'{key} holds {dtype} values, not numbers{hint}'
 
 
 def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray]) -> dict:
   """Checks a reference state_dict against the model and converts it to Flax variables."""
-  state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}
   expected = list(_expected_keys(model))
   known = {key for key, *_ in expected} | set(_batch_norm_counters(model))
+  state_dict = _without_wrapper_prefix(state_dict, known)
   problems = [
     f'missing {key} (expected shape {_torch_shape(kind, leaf, shape)})'
     for key, _, _, leaf, kind, shape in expected
@@ -227,6 +273,9 @@ def state_dict_to_variables(model: nn.Module, state_dict: dict[str, np.ndarray])
     for key, _, _, leaf, kind, shape in expected
     if key in state_dict and tuple(np.shape(state_dict[key])) != _torch_shape(kind, leaf, shape)
   ]
+  problems += filter(
+    None, (_not_numbers(key, state_dict[key]) for key, *_ in expected if key in state_dict)
+  )
   if problems:
     raise ValueError(
       f'The state_dict does not fit {type(model).__name__} '
@@ -248,7 +297,8 @@ def load_torch_checkpoint(
   """Loads a checkpoint of the reference PyTorch code as a cos_jax model and its variables.
 
   Args:
-    path: a `.pth` state_dict (needs torch) or a `.npz` of the same arrays under the same names.
+    path: a `.pth` state_dict (needs torch) or a `.npz` of the same arrays under the same names
+      (told apart by content, whatever the file is named).
     arch: 'vgg16', 'resnet18', 'resnet20' or 'resnet34'.
     num_classes: the number of classes the checkpoint was trained for.
     levels: the QCFS quantization levels L it was trained with.
@@ -258,6 +308,8 @@ def load_torch_checkpoint(
   Returns:
     `(model, variables)`, with `model.apply(variables, images, train=False)` the QCFS ANN.
   """
+  if not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f'path must be a file path (str or pathlib.Path), got {path!r}.')
   model = models.create_model(
     arch, num_classes=num_classes, levels=levels, imagenet=imagenet, **model_overrides
   )

@@ -1,5 +1,8 @@
 """Import of reference PyTorch state_dicts: names, layouts and strict key checks."""
 
+import functools
+
+
 import numpy as np
 import pytest
 
@@ -162,6 +165,45 @@ def test_unreadable_npz_names_the_file(tmp_path, content):
   path.write_bytes(content)
   with pytest.raises(ValueError, match=r'broken.npz is not a readable .npz archive.*np.savez'):
     cos_jax.load_torch_checkpoint(path, arch='resnet20', num_classes=10, levels=4)
+
+
+def test_a_checkpoint_is_read_by_its_content_whatever_its_name(tmp_path):
+  model = cos_jax.models.VGG(num_classes=4, levels=4, **SMALL_VGG)
+  variables, state_dict = _export(model, 1)
+  load = functools.partial(
+    cos_jax.load_torch_checkpoint, arch='vgg16', num_classes=4, levels=4, **SMALL_VGG
+  )
+  for name in ('upper.NPZ', 'state.bin'):
+    with open(tmp_path / name, 'wb') as f:
+      np.savez(f, **state_dict)
+    _, loaded = load(tmp_path / name)
+    np.testing.assert_array_equal(
+      loaded['params']['head']['kernel'], variables['params']['head']['kernel']
+    )
+  np.save(tmp_path / 'one_array.npy', state_dict['layer1.0.weight'])
+  (tmp_path / 'one_array.npy').rename(tmp_path / 'renamed.npz')
+  with pytest.raises(ValueError, match=r'renamed.npz is a single NumPy array \(.npy\).*np.savez'):
+    load(tmp_path / 'renamed.npz')
+  with pytest.raises(TypeError, match='path must be a file path .* got None'):
+    load(None)
+
+
+def test_wrapper_prefixes_are_taken_off_and_non_numbers_named(tmp_path):
+  model = cos_jax.models.VGG(num_classes=4, levels=4, **SMALL_VGG)
+  variables, state_dict = _export(model, 1)
+  for prefix in ('module.', 'model.', 'module.model.'):
+    wrapped = {prefix + key: value for key, value in state_dict.items()}
+    loaded = torch_import.state_dict_to_variables(model, wrapped)
+    np.testing.assert_array_equal(
+      loaded['params']['head']['kernel'], variables['params']['head']['kernel']
+    )
+  broken = dict(state_dict)
+  broken['layer1.2.up'] = np.asarray(['8.0'])
+  broken['classifier.7.bias'] = np.zeros(4, np.dtype('V2'))  # bfloat16 through NumPy
+  with pytest.raises(ValueError) as error:
+    torch_import.state_dict_to_variables(model, broken)
+  assert 'layer1.2.up holds <U3 values, not numbers' in str(error.value)
+  assert 'classifier.7.bias holds |V2 values, not numbers (bfloat16 saved' in str(error.value)
 
 
 def test_export_refuses_what_does_not_fit():
