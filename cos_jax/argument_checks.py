@@ -36,6 +36,15 @@ def check_images(images, input_shape: tuple[int, int, int]) -> None:
     raise ValueError('images contain NaN or infinite values.')
 
 
+def static_int(value):
+  """A 0-d integer array (NumPy's or JAX's, `jnp.int32(3)`) as the Python int it holds, which
+  compiled functions take as a static argument; anything else as it is, to be checked."""
+  dtype = getattr(value, 'dtype', None)
+  if dtype is not None and np.ndim(value) == 0 and np.issubdtype(dtype, np.integer):
+    return int(value)
+  return value
+
+
 def check_positive_int(name: str, value, minimum: int = 1) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')

@@ -120,6 +120,12 @@ def check_config(config: ml_collections.ConfigDict, *, training: bool = True) ->
   )
 
   if training:
+    seed = _field(config, 'seed')
+    need(
+      _is_int(seed) and 0 <= seed < 2**32,
+      'seed',
+      'an integer from 0 to 2**32 - 1 (it seeds NumPy as well as JAX)',
+    )
     for field in (
       'batch_size',
       'num_epochs',

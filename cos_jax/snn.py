@@ -476,6 +476,7 @@ def simulate(
     [T, B, num_classes] logits y(t) of each step (not summed): the prediction after t steps is
     the argmax of `logits[:t].sum(0)`.
   """
+  T, chunk = argument_checks.static_int(T), argument_checks.static_int(chunk)
   images = _validated(snn, images, T=T, rounds=1, chunk=chunk, precision=precision)
   if shifts is not None and masks is not None:
     raise ValueError(
@@ -527,6 +528,7 @@ def calibrate(
   Returns:
     The per-sample, per-neuron shifts in threshold units (add 1/2 for the initial potential).
   """
+  rho, rounds = argument_checks.static_int(rho), argument_checks.static_int(rounds)
   argument_checks.check_positive_int('rho', rho)
   images = _validated(snn, images, T=rho, rounds=rounds, chunk=None, precision=precision)
   shifts = _simulation(snn, images, T=rho, rho=rho, rounds=rounds, chunk=None, precision=precision)[
@@ -559,6 +561,9 @@ def calibrate_and_simulate(
     the neurons) and the number of spikes (`spikes`), and per Conv and Dense layer the number of
     non-zero inputs (`nonzero_inputs`, the synaptic events); else None.
   """
+  T, rho, rounds, chunk, statistics_T = map(
+    argument_checks.static_int, (T, rho, rounds, chunk, statistics_T)
+  )
   argument_checks.check_positive_int('rho', rho, minimum=0)
   images = _validated(snn, images, T=T, rounds=rounds, chunk=chunk, precision=precision)
   argument_checks.check_positive_int('statistics_T', statistics_T, minimum=0)
@@ -598,6 +603,7 @@ def srp_masks(
   Returns:
     The masks: per IF layer a [B, *S] bool array, true where the neuron keeps firing.
   """
+  tau = argument_checks.static_int(tau)
   argument_checks.check_positive_int('tau', tau)
   images = _validated(snn, images, T=tau, rounds=1, chunk=None, precision=precision)
   with precision_lib.matmul_precision(precision):
@@ -634,6 +640,7 @@ def srp_simulate(
     `(logits, masks, statistics)`: [T, B, num_classes] logits of the T steps after the
     pre-simulation (not summed), the `Masks`, and the statistics (None without statistics_T).
   """
+  T, tau, chunk, statistics_T = map(argument_checks.static_int, (T, tau, chunk, statistics_T))
   argument_checks.check_positive_int('tau', tau)
   images = _validated(snn, images, T=T, rounds=1, chunk=chunk, precision=precision)
   argument_checks.check_positive_int('statistics_T', statistics_T, minimum=0)

@@ -70,6 +70,19 @@ def test_bad_rho_and_rounds(snn):
       cos_jax.calibrate_and_simulate(snn, GOOD, 4, rho=2, statistics_T=not_a_count)
 
 
+def test_integer_arrays_count_as_integers(snn):
+  """jnp.int32(3) is an integer like np.int64(3) and 3: each gives the same run."""
+  expected = np.asarray(cos_jax.simulate(snn, GOOD, 3))
+  for three in (np.int64(3), jnp.int32(3)):
+    np.testing.assert_array_equal(np.asarray(cos_jax.simulate(snn, GOOD, three)), expected)
+  fused, shifts, _ = cos_jax.calibrate_and_simulate(snn, GOOD, jnp.int32(3), rho=jnp.int32(2))
+  assert shifts.rho == 2 and type(shifts.rho) is int
+  srp, masks, _ = cos_jax.srp_simulate(snn, GOOD, jnp.int32(3), tau=jnp.int32(2))
+  assert masks.tau == 2 and srp.shape[0] == 3
+  with pytest.raises(ValueError, match='T must be an integer >= 1'):
+    cos_jax.simulate(snn, GOOD, jnp.float32(3))
+
+
 def test_shifts_from_another_batch(snn):
   shifts = cos_jax.calibrate(snn, GOOD, rho=2)
   with pytest.raises(ValueError, match='found on a batch of 2 images, but 3'):
@@ -185,6 +198,7 @@ def test_simulation_compiles_once_per_shape(snn):
   [
     ({'conversion.rhos': (0, 2)}, r'conversion.rhos=\(0, 2\) \(distinct integers >= 1'),
     ({'conversion.rhos': (2, 2)}, r'conversion.rhos=\(2, 2\) \(distinct integers >= 1'),
+    ({'seed': -1}, r'seed=-1 \(an integer from 0 to 2\*\*32 - 1'),
     ({'conversion.srp_taus': (4, 4)}, r'conversion.srp_taus=\(4, 4\) \(distinct integers >= 1'),
     ({'conversion.srp_taus': (1.5,)}, r'conversion.srp_taus=\(1.5,\) \(distinct integers >= 1'),
     ({'conversion.max_T': 0}, r'conversion.max_T=0 \(an integer >= 1\)'),
