@@ -144,12 +144,22 @@ def _jitted_eval_step(apply_fn, mean, std):
   return xla.jit(functools.partial(eval_step, apply_fn=apply_fn, mean=mean, std=std))
 
 
-def _raise_on_non_finite(history: list[tuple[int, dict]]) -> None:
+def _raise_on_non_finite(history: list[tuple[int, dict]], last_saved: int | None) -> None:
+  """Raises NonFiniteLossError at the first step of `history` whose loss is NaN or infinite.
+
+  It runs before every checkpoint save too, so that no checkpoint holds a diverged state.
+  """
   for step, metrics in history:
-    if not math.isfinite(metrics['loss']):
+    if not math.isfinite(float(metrics['loss'])):
+      saved = (
+        f'the newest checkpoint, of step {last_saved}, is from before it'
+        if last_saved
+        else 'no checkpoint was saved before it'
+      )
       raise NonFiniteLossError(
-        f'The training loss is {metrics["loss"]} at step {step}: lower the learning rate, '
-        'check the data normalisation, or resume from the last checkpoint with other settings.'
+        f'The training loss is {float(metrics["loss"])} at step {step}; {saved}. A resumed '
+        'run keeps its settings and would diverge the same way: start a new run (another '
+        '--workdir) with a lower learning_rate, or check the data normalisation (mean, std).'
       )
 
 
@@ -269,6 +279,7 @@ def _train_and_evaluate(
     workers=config.data_workers,
   )
   history, window_start = [], time.time()
+  last_saved = start_step if restored is not None else None
   try:  # closing waits for a save in flight, on Ctrl-C or an error too, then lets go
     for step in range(start_step, total_steps):
       levels = recipe.levels_at(levels_phases, step, total_steps)
@@ -286,7 +297,7 @@ def _train_and_evaluate(
       done = step + 1
       if done % config.log_every_steps == 0 or done == total_steps:
         history = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(history)]
-        _raise_on_non_finite(history)
+        _raise_on_non_finite(history, last_saved)
         elapsed = time.time() - window_start
         rate = len(history) * config.batch_size / elapsed
         mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[0][1]}
@@ -302,6 +313,8 @@ def _train_and_evaluate(
         history, window_start = [], time.time()
       end_of_epoch = done % steps_per_epoch == 0
       if done % config.checkpoint_every_steps == 0 or end_of_epoch or done == total_steps:
+        _raise_on_non_finite(jax.device_get(history), last_saved)
+        last_saved = done
         checkpoints.save(
           done,
           args=ocp.args.StandardSave(state),

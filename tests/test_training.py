@@ -8,6 +8,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cos_jax import augment, parallel, run_state, sources, training
@@ -55,11 +56,19 @@ def test_kill_9_and_restart_gives_the_same_parameters(finished_run, tmp_path):
   assert steps == [4, 8, 12, 16]  # no step logged twice or lost
 
 
-def test_nan_loss_names_the_step(tmp_path):
-  config = config_with(learning_rate=1e30)
+def test_nan_loss_names_the_step_and_no_checkpoint_holds_it(tmp_path):
+  """Logged every 8 steps but saved every step: the loss is checked before each save, so the
+  run stops at the first diverged save and what is on disk is finite."""
+  config = config_with(learning_rate=1e30, log_every_steps=8, checkpoint_every_steps=1)
   config.conversion.enabled = False
-  with pytest.raises(training.NonFiniteLossError, match=r'at step \d+'):
+  with pytest.raises(
+    training.NonFiniteLossError, match=r'at step \d+; .*start a new run \(another --workdir\)'
+  ):
     training.train_and_evaluate(config, str(tmp_path))
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  for step in saved:
+    state = ocp.CheckpointManager(tmp_path / 'checkpoints').restore(step)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(state['params']))
 
 
 class _SlowSteps:
