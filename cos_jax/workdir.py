@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from cos_jax import argument_checks
+
 # Fields a resumed run may change: where the data lie, how often it logs, saves and evaluates,
 # and everything the conversion report after training reads. Any other change would make one
 # run out of two configs.
@@ -244,6 +246,34 @@ def _restore(directory: Path, step: int, abstract_state):
   return state, (getattr(metadata, 'custom_metadata', None) or {}).get('state_sha256')
 
 
+def _shapes_not_fitting(directory: Path, step: int, abstract_state) -> list[str]:
+  """The network variables whose saved shape differs from the config's, read from the step's
+  metadata; [] when they fit or the metadata cannot be read (damage is found by the restore)."""
+  try:
+    with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+      saved = manager.item_metadata(step).tree
+  except Exception:  # pylint: disable=broad-exception-caught  # a damaged step: restore tells
+    return []
+  problems = []
+  for collection in ('params', 'batch_stats'):
+    expected = traverse_util.flatten_dict(dict(getattr(abstract_state, collection)))
+    found = traverse_util.flatten_dict(dict(saved.get(collection) or {}))
+    for path, leaf in expected.items():
+      name = '/'.join((collection,) + path)
+      if path not in found:
+        problems.append(f'{name} is not in the checkpoint')
+      elif tuple(found[path].shape) != tuple(leaf.shape):
+        problems.append(
+          f'{name} is {tuple(found[path].shape)} in the checkpoint, {tuple(leaf.shape)} now'
+        )
+    problems += [
+      f'{"/".join((collection,) + path)} is in the checkpoint only'
+      for path in found
+      if path not in expected
+    ]
+  return problems
+
+
 def restore_newest_whole(directory: Path, abstract_state):
   """The newest checkpoint that restores and holds only finite values, and its step.
 
@@ -256,6 +286,8 @@ def restore_newest_whole(directory: Path, abstract_state):
     `(None, 0, [])` when there is no checkpoint at all.
 
   Raises:
+    ValueError: the newest checkpoint holds a network of other shapes than the config builds
+      (the config is not the run's): nothing is skipped or moved.
     RuntimeError: checkpoints exist but none restores.
   """
   if not directory.is_dir():
@@ -264,6 +296,14 @@ def restore_newest_whole(directory: Path, abstract_state):
     steps = sorted(manager.all_steps(), reverse=True)
   skipped = []
   for step in steps:
+    not_fitting = _shapes_not_fitting(directory, step, abstract_state)
+    if not_fitting:
+      raise ValueError(
+        f'The checkpoint of step {step} in {directory} holds a network of other shapes than '
+        f'the config builds ({argument_checks.listed(not_fitting, 5)}): the config is not the '
+        'one the run was trained with (num_classes, arch, widths, ...: an edited config.json?). '
+        'Restore that config, or pass it with --config; the checkpoints are left as they are.'
+      )
     try:
       state, saved_digest = _restore(directory, step, abstract_state)
     except Exception as error:  # orbax and TensorStore raise many types for a damaged folder

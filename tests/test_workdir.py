@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cos_jax import cli, optimizer, run_state, training, workdir
+from cos_jax import cli, conversion_report, optimizer, run_state, training, workdir
 from tests.conftest import ROOT, config_with
 
 
@@ -96,6 +96,22 @@ def restored_at(run: Path, step: int) -> dict:
     step, args=ocp.args.StandardRestore(abstract)
   )
   return {'params': state.params}
+
+
+def test_an_edited_config_json_is_told_apart_from_damaged_checkpoints(finished_run, tmp_path):
+  """A config.json whose num_classes was edited by hand: the checkpoints are healthy and stay
+  where they are; the message says the config is not the run's."""
+  run = _copy_of(finished_run, tmp_path)
+  config = json.loads((run / 'config.json').read_text())
+  config['num_classes'] += 2
+  (run / 'config.json').write_text(json.dumps(config))
+  before = sorted(p.name for p in (run / 'checkpoints').iterdir())
+  with pytest.raises(ValueError, match=r'other shapes than the config builds \(params/head/'):
+    conversion_report.convert_and_report(run)
+  with pytest.raises(ValueError, match=r'is \(\d+, \d+\) in the checkpoint, \(\d+, \d+\) now'):
+    training.train_and_evaluate(workdir.read_config(run), str(run))
+  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == before
+  assert not (run / 'checkpoints_damaged').exists()
 
 
 def test_a_torn_last_metrics_line_is_dropped(finished_run, tmp_path, capsys):
