@@ -20,6 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.check_workdir(FLAGS.workdir)
   logging.set_verbosity(logging.WARNING)  # orbax reports every checkpoint at INFO
   cli.initialize_distributed()
   with cli.resumable_on_interrupt(

@@ -35,6 +35,12 @@ INITIALIZATION_TIMEOUT_S = 300
 """How long a process waits for the others to join before it fails with a message."""
 
 
+def check_workdir(workdir: str) -> None:
+  """--workdir must name a folder: an empty one would put the run in the current directory."""
+  if not workdir.strip():
+    raise app.UsageError('--workdir is empty: name the folder of the run, e.g. --workdir=runs/a.')
+
+
 def initialize_distributed() -> None:
   """jax.distributed.initialize() with the flags' values, when --distributed is given.
 

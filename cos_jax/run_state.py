@@ -51,7 +51,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir) -> tuple[nn.Mo
   model = create_model(config)
   tx, _ = optimizer.create_optimizer(config, steps_per_epoch=1)
   state = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
-  state, _, _ = workdir_lib.restore_newest_whole(
+  state, step, _ = workdir_lib.restore_newest_whole(
     checkpoint_dir, parallel.replicated_shapes(state, parallel.data_mesh())
   )
   if state is None:
@@ -59,4 +59,5 @@ def restore_variables(config: ml_collections.ConfigDict, workdir) -> tuple[nn.Mo
       f'No checkpoint in {checkpoint_dir}: train first with '
       f'python train.py --config=... --workdir={workdir}.'
     )
+  print(f'Restored the checkpoint of step {step} in {checkpoint_dir}.', flush=True)
   return model, {'params': state.params, 'batch_stats': state.batch_stats}

@@ -38,7 +38,8 @@ RESUMABLE_CHANGES = (
 
 
 class MetricsLog:
-  """metrics.jsonl: one JSON object per line; a resumed run drops the lines past its checkpoint.
+  """metrics.jsonl: one JSON object per line; a resumed run drops the lines past its checkpoint
+  and the final accuracy, which it writes again at its end.
 
   A kill while a line is being written leaves it torn: a last line that does not parse is
   dropped (with a note); an unreadable line anywhere else is an error naming the file and line.
@@ -62,7 +63,11 @@ class MetricsLog:
           print(
             f'Dropped the torn last line of {path} (a write interrupted): {line[:80]!r}', flush=True
           )
-      kept = [line for line, record in records if record.get('step', 0) <= resumed_step]
+      kept = [  # a finished run run again writes its final accuracy again: once in the file
+        line
+        for line, record in records
+        if record.get('step', 0) <= resumed_step and 'final_test_accuracy' not in record
+      ]
       path.write_text(''.join(line + '\n' for line in kept))
 
   def write(self, **record) -> None:

@@ -22,12 +22,13 @@ from cos_jax import (
 from tests.conftest import ROOT, config_with
 
 
-def test_convert_py_rereads_the_workdir(finished_run):
+def test_convert_py_rereads_the_workdir_and_says_which_step(finished_run, capsys):
   workdir, _ = finished_run
   before = json.loads((workdir / 'report.json').read_text())
   after = conversion_report.convert_and_report(workdir)  # config from the workdir's config.json
   assert after['methods']['qcfs']['accuracy_by_T'] == before['methods']['qcfs']['accuracy_by_T']
   assert after['ann_accuracy'] == before['ann_accuracy']
+  assert f'Restored the checkpoint of step 16 in {workdir}/checkpoints.' in capsys.readouterr().out
 
 
 def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_run, tmp_path):

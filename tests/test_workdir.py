@@ -52,9 +52,25 @@ def test_resume_refuses_another_config_naming_the_fields(finished_run, tmp_path)
     r'now; seed: 0 in the run, 1 now\)',
   ):
     training.train_and_evaluate(config_with(learning_rate=0.3, seed=1), str(run))
-  # What may change does not stop it: the finished run is simply evaluated again.
+  # What may change does not stop it: the finished run is simply evaluated again, and its
+  # metrics log holds one final accuracy still.
+  before = (run / 'metrics.jsonl').read_text()
   state = training.train_and_evaluate(config_with(log_every_steps=2), str(run))
   assert int(state.step) == 16
+  assert (run / 'metrics.jsonl').read_text() == before
+
+
+def test_an_empty_workdir_flag_is_refused():
+  for script in ('train.py', 'convert.py'):
+    process = subprocess.run(
+      [sys.executable, script, '--config=configs/test.py', '--workdir='],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert process.returncode == 1
+    assert '--workdir is empty: name the folder of the run' in process.stderr
 
 
 @pytest.mark.parametrize('damage', ['empty step folder', 'missing file', 'flipped bit'])
