@@ -7,10 +7,12 @@
     python convert.py --workdir=workdirs/imported --config=configs/cifar10.py \
         --torch_checkpoint=vgg16_cifar10.pth
 
-Without --config the run's own config.json is used. To change the conversion settings pass the
-config the run was trained with, its --config.x=... overrides, and the new conversion values: a
-config that describes another network or training run than the checkpoint's is refused, naming
-the fields that differ (only the data's source and reading and the report's settings may).
+Without --config the run's own config.json is used; --data_dir=... points it at the test data
+where they lie on this machine (a run's relative data_dir is read from the current directory).
+To change the conversion settings pass the config the run was trained with, its --config.x=...
+overrides, and the new conversion values: a config that describes another network or training
+run than the checkpoint's is refused, naming the fields that differ (only the data's source and
+reading and the report's settings may).
 """
 
 from absl import app, flags, logging
@@ -28,6 +30,12 @@ flags.DEFINE_string(
   None,
   'A PyTorch state_dict (.pth or .npz) of the reference code to convert instead.',
 )
+flags.DEFINE_string(
+  'data_dir',
+  None,
+  "Where the test data lie, in place of the config's data_dir (which a run records as given, "
+  'so that a relative one is read from the current directory).',
+)
 flags.mark_flag_as_required('workdir')
 
 
@@ -40,7 +48,9 @@ def main(argv):
   with cli.resumable_on_interrupt(
     FLAGS.workdir, 'the conversion report from its last finished batch'
   ):
-    conversion_report.convert_and_report(FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint)
+    conversion_report.convert_and_report(
+      FLAGS.workdir, FLAGS.config, FLAGS.torch_checkpoint, FLAGS.data_dir
+    )
 
 
 if __name__ == '__main__':

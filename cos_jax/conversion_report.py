@@ -320,7 +320,10 @@ def write_report(
 
 
 def convert_and_report(
-  workdir, config: ml_collections.ConfigDict | None = None, torch_checkpoint: str | None = None
+  workdir,
+  config: ml_collections.ConfigDict | None = None,
+  torch_checkpoint: str | None = None,
+  data_dir: str | None = None,
 ) -> dict:
   """convert.py: the report of a run's checkpoint, or of an imported PyTorch checkpoint.
 
@@ -331,6 +334,8 @@ def convert_and_report(
       (`workdir.check_conversion_config`).
     torch_checkpoint: a state_dict of the reference PyTorch code (.pth or .npz) to convert
       instead of the workdir's checkpoint.
+    data_dir: where the test data lie, in place of the config's `data_dir` (a run's relative
+      one is read from the current directory).
 
   Returns:
     The report, as written to report.json.
@@ -344,6 +349,8 @@ def convert_and_report(
       )
   elif not torch_checkpoint:
     workdir_lib.check_conversion_config(workdir, config)
+  if data_dir:
+    config.data_dir = data_dir
   config_checks.check_config(config, training=False)
   if torch_checkpoint:
     workdir.mkdir(parents=True, exist_ok=True)

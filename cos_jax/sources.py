@@ -191,8 +191,15 @@ def _load_tfds(config) -> Dataset:
 
 def _require_dir(path: Path, what: str) -> Path:
   if not path.is_dir():
+    relative = (
+      f' (a relative path, read from the current directory {Path.cwd()}: run from the folder '
+      'it was written for, or give the absolute path)'
+      if not path.is_absolute()
+      else ''
+    )
     raise DataError(
-      f'{what}: expected a folder at {path}, found {"a file" if path.exists() else "nothing"}.'
+      f'{what}: expected a folder at {path}, found {"a file" if path.exists() else "nothing"}'
+      f'{relative}.'
     )
   return path
 

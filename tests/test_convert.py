@@ -31,6 +31,19 @@ def test_convert_py_rereads_the_workdir_and_says_which_step(finished_run, capsys
   assert f'Restored the checkpoint of step 16 in {workdir}/checkpoints.' in capsys.readouterr().out
 
 
+def test_convert_py_reads_the_test_data_where_data_dir_says(finished_run, monkeypatch):
+  read_from = []
+
+  def stop_at_load(config, preload):
+    read_from.append(config.data_dir)
+    raise sources.DataError('stop here')
+
+  monkeypatch.setattr(conversion_report.sources, 'load', stop_at_load)
+  with pytest.raises(sources.DataError, match='stop here'):
+    conversion_report.convert_and_report(finished_run[0], data_dir='/data/on/this/machine')
+  assert read_from == ['/data/on/this/machine']
+
+
 def test_convert_py_takes_new_report_settings_but_refuses_another_run(finished_run, tmp_path):
   workdir = tmp_path / 'run'
   shutil.copytree(finished_run[0], workdir)

@@ -212,6 +212,10 @@ def test_an_image_too_large_to_trust_is_named(tmp_path, monkeypatch):
 def test_missing_data_folders_say_what_was_expected(tmp_path):
   with pytest.raises(sources.DataError, match='expected a folder at .*nowhere.*found nothing'):
     sources.load(config_with(data_source='image_folder', data_dir=str(tmp_path / 'nowhere')))
+  with pytest.raises(
+    sources.DataError, match=r'found nothing \(a relative path, read from the current directory'
+  ):
+    sources.load(config_with(data_source='image_folder', data_dir='relative/nowhere'))
   (tmp_path / 'train').mkdir()
   with pytest.raises(sources.DataError, match="the 'test' split"):
     sources.load(config_with(data_source='image_folder', data_dir=str(tmp_path)))
