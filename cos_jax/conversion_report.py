@@ -329,7 +329,8 @@ def convert_and_report(
 
   Args:
     workdir: the run's folder; the report is written there.
-    config: the config to convert with; None reads the run's config.json. A config that
+    config: the config to convert with; None reads the run's config.json. The workdir is held
+      as train.py holds it: beside a live train.py on it, the conversion is refused. A config that
       describes another network or run than the checkpoint's is refused
       (`workdir.check_conversion_config`).
     torch_checkpoint: a state_dict of the reference PyTorch code (.pth or .npz) to convert
@@ -354,10 +355,16 @@ def convert_and_report(
   config_checks.check_config(config, training=False)
   if torch_checkpoint:
     workdir.mkdir(parents=True, exist_ok=True)
-    model, variables = torch_import.load_torch_checkpoint(
-      torch_checkpoint, **run_state.model_arguments(config)
+  elif not workdir.is_dir():
+    raise FileNotFoundError(
+      f'No run at {workdir}: train first with python train.py --config=... --workdir={workdir}.'
     )
-  else:
-    model, variables = run_state.restore_variables(config, workdir)
-  test_split = sources.load(config, preload=False).test
-  return write_report(config, workdir, model, variables, test_split)
+  with workdir_lib.exclusive(workdir):  # not beside a train.py still writing checkpoints
+    if torch_checkpoint:
+      model, variables = torch_import.load_torch_checkpoint(
+        torch_checkpoint, **run_state.model_arguments(config)
+      )
+    else:
+      model, variables = run_state.restore_variables(config, workdir)
+    test_split = sources.load(config, preload=False).test
+    return write_report(config, workdir, model, variables, test_split)

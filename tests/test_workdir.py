@@ -31,6 +31,8 @@ def test_a_second_process_on_a_workdir_is_refused_until_the_first_dies(tmp_path)
       workdir.WorkdirBusyError, match=f'in use by another process \\(pid {process.pid}\\)'
     ):
       training.train_and_evaluate(config_with(), str(tmp_path))
+    with pytest.raises(workdir.WorkdirBusyError):  # convert.py beside a live train.py
+      conversion_report.convert_and_report(tmp_path, config_with())
   finally:
     process.kill()  # SIGKILL: the operating system releases the lock
     process.wait()
