@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 
 FAST = (  # one epoch, and the report written once, by convert.py, at two steps
   '--config.num_epochs=1 --config.conversion.enabled=False --config.conversion.max_T=2 '
-  "--config.conversion.statistics_T=2 --config.conversion.rhos='(2,)'"
+  "--config.conversion.statistics_T=2 --config.conversion.rhos='(2,)' "
+  "--config.conversion.srp_taus='(2,)'"
 )
 
 
