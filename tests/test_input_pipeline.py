@@ -61,7 +61,7 @@ def test_an_imagenet_folder_trains_through_the_imagenet_config(tmp_path):
   state = training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert int(state.step) == 2  # 13 images, batches of 6: 2 steps per epoch
   report = json.loads((tmp_path / 'run' / 'report.json').read_text())
-  assert report['examples'] == 12 and set(report['methods']) == {'qcfs', 'cos_rho1'}
+  assert report['examples'] == 12 and set(report['methods']) == {'qcfs', 'cos_rho1', 'srp_tau4'}
 
 
 def test_tfds_source_reads_through_its_data_source():

@@ -147,4 +147,6 @@ def test_a_process_that_dies_ends_the_other_with_an_error(tmp_path):
     victim.kill()
   assert survivor.returncode != 0
   assert time.time() - started < 120, 'the survivor took too long to give up'
-  assert 'crashed' in stderr or 'heartbeat' in stderr.lower(), stderr[-3000:]
+  lost = ('crashed', 'heartbeat', 'connection closed by peer')  # JAX's words, or gloo's when
+  # the all-reduce notices first (the survivor then ends at once: cos_jax.cli)
+  assert any(word in stderr.lower() for word in lost), stderr[-3000:]

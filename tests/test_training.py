@@ -24,7 +24,7 @@ def test_end_to_end_writes_checkpoint_metrics_and_report(finished_run):
   assert [r['step'] for r in records if 'loss' in r] == [4, 8, 12, 16]
   assert records[-1]['final_test_accuracy'] > 0.5  # synthetic classes are easy
   report = json.loads((workdir / 'report.json').read_text())
-  assert set(report['methods']) == {'qcfs', 'cos_rho2'}
+  assert set(report['methods']) == {'qcfs', 'cos_rho2', 'srp_tau2'}
   assert len(report['methods']['cos_rho2']['accuracy_by_T']) == 4
   assert report['methods']['cos_rho2']['latency_by_T'] == [3, 4, 5, 6]
   assert '| cos_rho2 | 2 |' in (workdir / 'report.md').read_text()
