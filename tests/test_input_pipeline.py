@@ -44,7 +44,7 @@ def _shrunk_imagenet_config(root):
     eval_every_epochs=0,
     data_threads=2,
   )
-  config.conversion.update(batch_size=6, max_T=1, rhos=(1,), statistics_T=1)
+  config.conversion.update(batch_size=6, max_T=1, rhos=(1,), srp_taus=(1,), statistics_T=1)
   return config
 
 
@@ -61,7 +61,7 @@ def test_an_imagenet_folder_trains_through_the_imagenet_config(tmp_path):
   state = training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert int(state.step) == 2  # 13 images, batches of 6: 2 steps per epoch
   report = json.loads((tmp_path / 'run' / 'report.json').read_text())
-  assert report['examples'] == 12 and set(report['methods']) == {'qcfs', 'cos_rho1', 'srp_tau4'}
+  assert report['examples'] == 12 and set(report['methods']) == {'qcfs', 'cos_rho1', 'srp_tau1'}
 
 
 def test_tfds_source_reads_through_its_data_source():
