@@ -23,6 +23,13 @@ def median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
+def peak_bytes(lowered) -> int:
+  """A lowered program's peak memory as XLA assigns its buffers: arguments, outputs and
+  temporaries."""
+  stats = lowered.compile().memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+
+
 def machine() -> dict:
   cpu = 'unknown'
   if Path('/proc/cpuinfo').exists():

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import cos_jax
-from benchmarks.common import median_seconds, write_result
+from benchmarks.common import median_seconds, peak_bytes, write_result
 from cos_jax import snn as snn_lib
 from cos_jax import xla
 
@@ -38,8 +38,7 @@ def compiled_peak_bytes(snn, images, T: int, rho: int, chunk: int | None) -> int
       statistics_steps=0,
     )[0]
   ).lower(images)
-  stats = lowered.compile().memory_analysis()
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+  return peak_bytes(lowered)
 
 
 def firing_network(arch: str):

@@ -19,16 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import cos_jax
-from benchmarks.common import median_seconds, write_result
+from benchmarks.common import median_seconds, peak_bytes, write_result
 from benchmarks.snn_cost import firing_network
 from cos_jax import snn as snn_lib
 
 
 def srp_peak_bytes(snn, images, T: int, tau: int) -> int:
-  chunk = snn_lib._srp_chunk(T, tau, None)  # pylint: disable=protected-access
-  lowered = snn_lib._srp_jit.lower(snn, images, None, tau=tau, steps=T, **chunk)  # pylint: disable=protected-access
-  stats = lowered.compile().memory_analysis()
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
+  chunks = snn_lib.chunking(T, 0, None, tau=tau)
+  return peak_bytes(snn_lib._srp_jit.lower(snn, images, None, tau=tau, steps=T, **chunks))  # pylint: disable=protected-access
 
 
 def benchmark_model(arch: str, args) -> dict:

@@ -56,21 +56,28 @@ def listed(problems: list[str], shown: int = 20) -> str:
   return '; '.join(problems[:shown]) + more
 
 
-def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
-  """Raises ValueError naming every missing, unexpected or mis-shaped leaf of `given`."""
+def tree_differences(given: Mapping, expected: Mapping):
+  """How the leaves of `given` differ from those of `expected`, by 'a/b' path: `missing`
+  [(path, expected shape)], `unexpected` [path] and `reshaped` [(path, given shape, expected
+  shape)], each in tree order."""
   given_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(given)).items()}
   expected_flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(expected)).items()}
-  problems = [
-    f'missing {k} (expected shape {tuple(v.shape)})'
-    for k, v in expected_flat.items()
-    if k not in given_flat
-  ]
-  problems += [f'unexpected {k}' for k in given_flat if k not in expected_flat]
-  problems += [
-    f'{k} has shape {tuple(np.shape(given_flat[k]))}, expected {tuple(v.shape)}'
+  missing = [(k, tuple(v.shape)) for k, v in expected_flat.items() if k not in given_flat]
+  unexpected = [k for k in given_flat if k not in expected_flat]
+  reshaped = [
+    (k, tuple(np.shape(given_flat[k])), tuple(v.shape))
     for k, v in expected_flat.items()
     if k in given_flat and tuple(np.shape(given_flat[k])) != tuple(v.shape)
   ]
+  return missing, unexpected, reshaped
+
+
+def check_same_tree(given: Mapping, expected: Mapping, what: str) -> None:
+  """Raises ValueError naming every missing, unexpected or mis-shaped leaf of `given`."""
+  missing, unexpected, reshaped = tree_differences(given, expected)
+  problems = [f'missing {k} (expected shape {shape})' for k, shape in missing]
+  problems += [f'unexpected {k}' for k in unexpected]
+  problems += [f'{k} has shape {shape}, expected {wanted}' for k, shape, wanted in reshaped]
   if problems:
     raise ValueError(f'{what} do not fit the model: {listed(problems)}.')
 

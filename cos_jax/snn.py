@@ -305,9 +305,10 @@ def _simulate_jit(
   return logits, shifts, summary
 
 
-@xla.jit(static_argnames=('tau', 'steps', 'chunk', 'statistics_steps'))
-def _srp_jit(snn, images, masks, *, tau, steps, chunk, statistics_steps=0):
-  """SRP's run: the pre-simulation (unless `masks` are given), then `steps` masked steps."""
+@xla.jit(static_argnames=('tau', 'steps', 'first_chunk', 'chunk', 'statistics_steps'))
+def _srp_jit(snn, images, masks, *, tau, steps, first_chunk, chunk, statistics_steps=0):
+  """SRP's run: the pre-simulation (unless `masks` are given), then `steps` masked steps cut
+  into chunks as `chunking` says."""
   presimulation_stats = None
   if masks is None:
     masks, presimulation_stats = _srp_presimulation(
@@ -319,7 +320,7 @@ def _srp_jit(snn, images, masks, *, tau, steps, chunk, statistics_steps=0):
     snn,
     images,
     steps=steps,
-    first_chunk=min(steps, chunk),
+    first_chunk=first_chunk,
     rounds=0,
     chunk=chunk,
     shift_values=None,
@@ -486,7 +487,7 @@ def simulate(
     _check_masks(snn, images, masks)
     with precision_lib.matmul_precision(precision):
       return _srp_jit(
-        snn, images, masks.values, tau=masks.tau, steps=T, **_srp_chunk(T, masks.tau, chunk)
+        snn, images, masks.values, tau=masks.tau, steps=T, **chunking(T, 0, chunk, tau=masks.tau)
       )[0]
   if shifts is not None:
     _check_shifts(snn, images, shifts)
@@ -582,10 +583,6 @@ def calibrate_and_simulate(
   return logits, (Shifts(values=shifts, rho=rho, rounds=rounds) if rho else None), summary
 
 
-def _srp_chunk(T: int, tau: int, chunk: int | None) -> dict[str, int]:
-  return {'chunk': chunking(T, 0, chunk, tau=tau)['chunk']}
-
-
 def srp_masks(
   snn: SNN, images, tau: int = 4, *, precision: str = precision_lib.SNN_PRECISION
 ) -> Masks:
@@ -607,7 +604,7 @@ def srp_masks(
   argument_checks.check_positive_int('tau', tau)
   images = _validated(snn, images, T=tau, rounds=1, chunk=None, precision=precision)
   with precision_lib.matmul_precision(precision):
-    masks = _srp_jit(snn, images, None, tau=tau, steps=0, chunk=tau)[1]
+    masks = _srp_jit(snn, images, None, tau=tau, steps=0, **chunking(0, 0, None, tau=tau))[1]
   return Masks(values=masks, tau=tau)
 
 
@@ -654,7 +651,7 @@ def srp_simulate(
       tau=tau,
       steps=T,
       statistics_steps=statistics_T,
-      **_srp_chunk(T, tau, chunk),
+      **chunking(T, 0, chunk, tau=tau),
     )
   return logits, Masks(values=masks, tau=tau), summary
 

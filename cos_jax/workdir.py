@@ -261,21 +261,15 @@ def _shapes_not_fitting(directory: Path, step: int, abstract_state) -> list[str]
     return []
   problems = []
   for collection in ('params', 'batch_stats'):
-    expected = traverse_util.flatten_dict(dict(getattr(abstract_state, collection)))
-    found = traverse_util.flatten_dict(dict(saved.get(collection) or {}))
-    for path, leaf in expected.items():
-      name = '/'.join((collection,) + path)
-      if path not in found:
-        problems.append(f'{name} is not in the checkpoint')
-      elif tuple(found[path].shape) != tuple(leaf.shape):
-        problems.append(
-          f'{name} is {tuple(found[path].shape)} in the checkpoint, {tuple(leaf.shape)} now'
-        )
+    missing, unexpected, reshaped = argument_checks.tree_differences(
+      saved.get(collection) or {}, getattr(abstract_state, collection)
+    )
+    problems += [f'{collection}/{k} is not in the checkpoint' for k, _ in missing]
     problems += [
-      f'{"/".join((collection,) + path)} is in the checkpoint only'
-      for path in found
-      if path not in expected
+      f'{collection}/{k} is {shape} in the checkpoint, {wanted} now'
+      for k, shape, wanted in reshaped
     ]
+    problems += [f'{collection}/{k} is in the checkpoint only' for k in unexpected]
   return problems
 
 

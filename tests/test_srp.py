@@ -155,7 +155,8 @@ def test_srp_memory_does_not_grow_with_T(tiny_net):
   images = jnp.asarray(_images(tiny_net))
   sizes = []
   for T in (8, 64):
-    compiled = cos_jax.snn._srp_jit.lower(tiny_net.snn, images, None, tau=4, steps=T, chunk=4)
+    chunks = cos_jax.snn.chunking(T, 0, None, tau=4)
+    compiled = cos_jax.snn._srp_jit.lower(tiny_net.snn, images, None, tau=4, steps=T, **chunks)
     sizes.append(compiled.compile().memory_analysis().temp_size_in_bytes)
   assert sizes[1] <= sizes[0] * 1.3 + 4096
 
