@@ -4,6 +4,7 @@ that comes promptly: a Ctrl-C in one line saying how to resume, a failed write i
 naming the file and the system's error."""
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -11,6 +12,8 @@ import traceback
 
 import jax
 from absl import app, flags
+
+from cos_jax import interrupts
 
 flags.DEFINE_bool(
   'distributed',
@@ -81,16 +84,78 @@ _STORAGE_ERROR = re.compile(r'"(/[^"]+)": ([A-Z][^"\[\]]*?)\s*(?:\[|$)')
 `...Failed to open: "/path/file": File name too long [tensorstore_spec=...`."""
 
 
-def storage_failure(error: BaseException) -> str | None:
-  """'<file>: <the system's error>' if a file could not be written or read, else None."""
+def storage_failure(error: BaseException) -> tuple[str | None, str] | None:
+  """(the file, the system's error) if a file could not be written or read, else None; the
+  file is None where the system's error names none (a full disk's often does not)."""
   for cause in _chain(error):
     if isinstance(cause, OSError) and cause.strerror:
-      return f'{cause.filename or "(no file named)"}: {cause.strerror}'
+      return (None if cause.filename is None else str(cause.filename)), cause.strerror
   for cause in _chain(error):
     found = _STORAGE_ERROR.findall(str(cause))
     if found:
-      return '{}: {}'.format(*found[-1])
+      return found[-1]
   return None
+
+
+class _HeldErrorReports(logging.Filter):
+  """Reports of errors that nobody raises, held back while the run goes on: the log records of
+  a failed write (orbax logs each failing background thread with its traceback, hundreds of
+  lines for one full disk) and the errors Python cannot raise (`sys.unraisablehook`: the
+  callbacks tensorstore makes into orbax's closed event loops after such a failure, "Event loop
+  is closed", dozens of them; a Ctrl-C that lands in a finaliser). A run that then ends in the
+  one line of a failed write or of an interruption drops them, as that line says what they do;
+  a run that ends any other way reports them after all (`release`), so nothing is lost."""
+
+  def __init__(self):
+    super().__init__()
+    self.records = []
+    self.unraisables = []
+    self.holding = True
+    self._previous_hook = sys.unraisablehook
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    logged_error = record.exc_info[1] if record.exc_info else None
+    if (
+      self.holding
+      and record.levelno >= logging.ERROR
+      and (
+        (logged_error is not None and storage_failure(logged_error))
+        or _STORAGE_ERROR.search(record.getMessage())
+      )
+    ):
+      if not any(held is record for held in self.records):  # each handler asks
+        self.records.append(record)
+      return False
+    return True
+
+  def _hold_unraisable(self, unraisable) -> None:
+    if self.holding:
+      self.unraisables.append(unraisable)
+    else:
+      self._previous_hook(unraisable)
+
+  @contextlib.contextmanager
+  def installed(self):
+    """On every handler of the root logger, which absl's and asyncio's records reach, and as
+    Python's hook for unraisable errors, until the process ends or the block does."""
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+      handler.addFilter(self)
+    self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hold_unraisable
+    try:
+      yield
+    finally:
+      sys.unraisablehook = self._previous_hook
+      for handler in handlers:
+        handler.removeFilter(self)
+
+  def release(self) -> None:
+    """Reports what was held, and from now on lets everything through."""
+    self.holding = False
+    for record in self.records:
+      logging.getLogger(record.name).handle(record)
+    for unraisable in self.unraisables:
+      self._previous_hook(unraisable)
 
 
 def _exit_now(status: int) -> None:
@@ -110,28 +175,38 @@ def resumable_on_interrupt(path, resumes: str):
 
   - Ctrl-C: one line saying how the run resumes (`resumes`: from where), not a traceback;
     exit status 130, as a shell reports an interrupted command. An error raised while the run
-    wound down after it (orbax's, closing its save) counts as the interruption.
+    wound down after it (orbax's, closing its save) counts as the interruption, and so does a
+    Ctrl-C that a finaliser swallowed (`interrupts`).
   - a file that could not be written or read (disk full, a read-only folder, a name too long):
-    one line naming the file and the system's error; exit status 1.
+    one line naming the file (else the run's folder) and the system's error, in place of
+    orbax's log records of the failure (`_HeldErrorReports`); exit status 1.
   - any other error: its traceback, as Python prints it; exit status 1.
   """
-  try:
-    yield
-  except SystemExit:
-    raise
-  except BaseException as error:  # pylint: disable=broad-exception-caught
-    if any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error)):
-      sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
-      _exit_now(130)
-    failure = storage_failure(error)
-    if failure:
-      sys.stderr.write(
-        f'Could not write or read {failure}. Free space or fix the folder; then the same '
-        f'command resumes the run in {path}: {resumes}.\n'
-      )
-    else:
-      traceback.print_exc()
-    _exit_now(1)
+  held = _HeldErrorReports()
+  with held.installed():  # until the process ends: failing threads go on reporting
+    try:
+      with interrupts.remembered():
+        yield
+        interrupts.raise_if_requested()
+    except SystemExit:
+      held.release()
+      raise
+    except BaseException as error:  # pylint: disable=broad-exception-caught
+      if any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error)):
+        sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
+        _exit_now(130)
+      failure = storage_failure(error)
+      if failure:
+        file, reason = failure
+        sys.stderr.write(
+          f'Could not write or read {file or f"in {path}"}: {reason}. Free space or fix the '
+          f'folder; then the same command resumes the run in {path}: {resumes}.\n'
+        )
+      else:
+        held.release()
+        traceback.print_exc()
+      _exit_now(1)
+    held.release()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ also pays the synaptic operations of its tau pre-simulation steps (COS's rho ste
 rho of its T: cos_jax computes them once).
 """
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 from cos_jax import (
   config_checks,
   input_pipeline,
+  interrupts,
   parallel,
   report_rendering,
   run_state,
@@ -41,19 +43,35 @@ ENERGY_MAC_PJ = 4.6
 ENERGY_AC_PJ = 0.9
 
 
-def _show_progress(done: int, total: int, started: float, label: str, first: int = 0) -> None:
-  """A progress bar on stderr; `first` items were done before `started` (a resumed run)."""
-  rate = (done - first) / max(time.time() - started, 1e-9)
-  width = 30
-  filled = int(width * done / total)
-  eta = (total - done) / rate if rate else 0
-  sys.stderr.write(
-    f'\r{label} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
-    f'{rate:.0f} images/s ETA {eta:.0f} s '
-  )
-  if done == total:
-    sys.stderr.write('\n')
-  sys.stderr.flush()
+@contextlib.contextmanager
+def _progress_bar(label: str, total: int, first: int = 0):
+  """`show(done)` draws a progress bar on stderr; `first` items were done before the block (a
+  resumed run). Leaving the block by an error or a Ctrl-C ends the bar's line, so that their
+  message starts a line of its own."""
+  started = time.time()
+  line_open = False
+
+  def show(done: int) -> None:
+    nonlocal line_open
+    rate = (done - first) / max(time.time() - started, 1e-9)
+    width = 30
+    filled = int(width * done / total)
+    eta = (total - done) / rate if rate else 0
+    sys.stderr.write(
+      f'\r{label} [{"#" * filled}{"." * (width - filled)}] {done}/{total} '
+      f'{rate:.0f} images/s ETA {eta:.0f} s '
+    )
+    line_open = done != total
+    if not line_open:
+      sys.stderr.write('\n')
+    sys.stderr.flush()
+
+  try:
+    yield show
+  except BaseException:
+    if line_open:
+      sys.stderr.write('\n')
+    raise
 
 
 def _methods(conversion) -> list[tuple[str, str, int]]:
@@ -202,7 +220,6 @@ def evaluate_conversion(
     batches_done, ann_correct = 0, 0
     correct = {name: np.zeros(max_T, np.int64) for name, _, _ in methods}
     layer_stats = {name: {} for name, _, _ in methods}
-  started = time.time()
   batches = input_pipeline.eval_batches(
     split,
     conversion.batch_size,
@@ -213,26 +230,26 @@ def evaluate_conversion(
     start_batch=batches_done,
   )
   starts = range(batches_done * conversion.batch_size, n, conversion.batch_size)
-  for batch_index, (start, (images, labels, real)) in enumerate(
-    zip(starts, batches, strict=True), start=batches_done + 1
-  ):
-    images, labels = input_pipeline.normalise(images[real], config.mean, config.std), labels[real]
-    if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs whole
-      # in every process, on one device
-      images, labels = parallel.shard_global_batch(mesh, images, labels)
-    with precision_lib.matmul_precision(conversion.precision):
-      ann_correct += int(_ann_correct(model, variables, images, labels))
-    for name, method, steps in methods:
-      logits, stats = _simulate(network, images, conversion, method, steps)
-      correct[name] += np.asarray(_correct_by_T(logits, labels))
-      for layer, values in jax.device_get(stats).items():
-        totals = layer_stats[name].setdefault(layer, {})
-        for key, value in values.items():
-          totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
-    progress.save(batch_index, ann_correct, correct, layer_stats)
-    _show_progress(
-      min(start + conversion.batch_size, n), n, started, 'converting', first=starts.start
-    )
+  with _progress_bar('converting', n, first=starts.start) as show_progress:
+    for batch_index, (start, (images, labels, real)) in enumerate(
+      zip(starts, batches, strict=True), start=batches_done + 1
+    ):
+      interrupts.raise_if_requested()
+      images, labels = input_pipeline.normalise(images[real], config.mean, config.std), labels[real]
+      if len(images) % jax.device_count() == 0:  # data-parallel; a ragged last batch runs whole
+        # in every process, on one device
+        images, labels = parallel.shard_global_batch(mesh, images, labels)
+      with precision_lib.matmul_precision(conversion.precision):
+        ann_correct += int(_ann_correct(model, variables, images, labels))
+      for name, method, steps in methods:
+        logits, stats = _simulate(network, images, conversion, method, steps)
+        correct[name] += np.asarray(_correct_by_T(logits, labels))
+        for layer, values in jax.device_get(stats).items():
+          totals = layer_stats[name].setdefault(layer, {})
+          for key, value in values.items():
+            totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
+      progress.save(batch_index, ann_correct, correct, layer_stats)
+      show_progress(min(start + conversion.batch_size, n))
   progress.remove()
 
   neurons = snn_lib.neuron_counts(network)

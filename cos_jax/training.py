@@ -23,6 +23,7 @@ from cos_jax import (
   config_checks,
   conversion_report,
   input_pipeline,
+  interrupts,
   optimizer,
   parallel,
   precision,
@@ -123,6 +124,7 @@ def evaluate(
   for images, labels, real in input_pipeline.eval_batches(
     split, batch_size, transform, threads=threads
   ):
+    interrupts.raise_if_requested()
     batch_correct = step(replicated, *parallel.shard_batch(mesh, images, labels, real))
     correct = jax.block_until_ready(correct) + batch_correct  # one batch ahead, as in training
   return float(correct) / len(split)
@@ -282,6 +284,7 @@ def _train_and_evaluate(
   last_saved = start_step if restored is not None else None
   try:  # closing waits for a save in flight, on Ctrl-C or an error too, then lets go
     for step in range(start_step, total_steps):
+      interrupts.raise_if_requested()
       levels = recipe.levels_at(levels_phases, step, total_steps)
       if step == start_step or levels != recipe.levels_at(levels_phases, step - 1, total_steps):
         model = run_state.create_model(config, levels)  # a new L compiles the step anew
