@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 import traceback
 
 import jax
@@ -97,42 +99,101 @@ def storage_failure(error: BaseException) -> tuple[str | None, str] | None:
   return None
 
 
+HOLD_S = 5.0
+"""How long a report of an error that nobody raises is held back before it is shown. The
+reports that follow a failed write come within milliseconds of it (within 50 ms in five
+full-disk trials), and the run's one line replaces those that come before it."""
+
+
 class _HeldErrorReports(logging.Filter):
-  """Reports of errors that nobody raises, held back while the run goes on: the log records of
-  a failed write (orbax logs each failing background thread with its traceback, hundreds of
-  lines for one full disk) and the errors Python cannot raise (`sys.unraisablehook`: the
+  """Reports of errors that nobody raises, each held back for `HOLD_S`: the log records of a
+  failed write (orbax logs each failing background thread with its traceback, hundreds of
+  lines for one full disk) and every error Python cannot raise (`sys.unraisablehook`: the
   callbacks tensorstore makes into orbax's closed event loops after such a failure, "Event loop
-  is closed", dozens of them; a Ctrl-C that lands in a finaliser). A run that then ends in the
-  one line of a failed write or of an interruption drops them, as that line says what they do;
-  a run that ends any other way reports them after all (`release`), so nothing is lost."""
+  is closed", up to hundreds of them). A run that ends in the one line of a failed write or of
+  an interruption drops what is held (`drop`), as that line says what they do; a run that ends
+  any other way shows it at once (`release`), and a run that goes on shows each after HOLD_S.
+  A Ctrl-C landing in a finaliser is never shown: `interrupts` has recorded it, and the run
+  ends in the line of an interruption."""
 
   def __init__(self):
     super().__init__()
-    self.records = []
-    self.unraisables = []
-    self.holding = True
+    self._held = []  # (when it is due, how to show it), oldest first
+    self._lock = threading.Lock()
+    self._timer = None
+    self._ended = None  # 'released' or 'dropped'
     self._previous_hook = sys.unraisablehook
 
   def filter(self, record: logging.LogRecord) -> bool:
+    held = getattr(record, 'cos_jax_held', None)  # every handler asks about the same record
+    if held is not None:
+      return not held
     logged_error = record.exc_info[1] if record.exc_info else None
-    if (
-      self.holding
-      and record.levelno >= logging.ERROR
-      and (
-        (logged_error is not None and storage_failure(logged_error))
-        or _STORAGE_ERROR.search(record.getMessage())
-      )
+    if record.levelno < logging.ERROR or not (
+      (logged_error is not None and storage_failure(logged_error))
+      or _STORAGE_ERROR.search(record.getMessage())
     ):
-      if not any(held is record for held in self.records):  # each handler asks
-        self.records.append(record)
+      return True
+
+    def show():
+      record.cos_jax_held = False
+      logging.getLogger(record.name).handle(record)
+
+    record.cos_jax_held = True
+    if self._hold(show):
       return False
+    del record.cos_jax_held
     return True
 
   def _hold_unraisable(self, unraisable) -> None:
-    if self.holding:
-      self.unraisables.append(unraisable)
-    else:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and interrupts.requested():
+      return  # recorded: the run ends in the line of an interruption
+    if not self._hold(lambda: self._previous_hook(unraisable)):
       self._previous_hook(unraisable)
+
+  def _hold(self, show) -> bool:
+    """Whether `show` was held (or dropped); False once the run has ended otherwise."""
+    with self._lock:
+      if self._ended == 'released':
+        return False
+      if self._ended is None:
+        self._held.append((time.monotonic() + HOLD_S, show))
+        if self._timer is None:
+          self._arm()
+      return True
+
+  def _arm(self) -> None:
+    self._timer = threading.Timer(max(self._held[0][0] - time.monotonic(), 0), self._show_due)
+    self._timer.daemon = True
+    self._timer.start()
+
+  def _show_due(self) -> None:
+    with self._lock:  # shown under the lock: `drop` waits for them, so they precede the line
+      self._timer = None
+      if self._ended is not None:
+        return
+      while self._held and self._held[0][0] <= time.monotonic():
+        self._held.pop(0)[1]()
+      if self._held:
+        self._arm()
+
+  def _end(self, how: str) -> None:
+    with self._lock:
+      self._ended = how
+      held, self._held = self._held, []
+      if self._timer is not None:
+        self._timer.cancel()
+      if how == 'released':
+        for _, show in held:
+          show()
+
+  def release(self) -> None:
+    """Shows what is held, and from now on everything as it comes."""
+    self._end('released')
+
+  def drop(self) -> None:
+    """Forgets what is held, and from now on everything: the run ends in its one line."""
+    self._end('dropped')
 
   @contextlib.contextmanager
   def installed(self):
@@ -148,14 +209,6 @@ class _HeldErrorReports(logging.Filter):
       sys.unraisablehook = self._previous_hook
       for handler in handlers:
         handler.removeFilter(self)
-
-  def release(self) -> None:
-    """Reports what was held, and from now on lets everything through."""
-    self.holding = False
-    for record in self.records:
-      logging.getLogger(record.name).handle(record)
-    for unraisable in self.unraisables:
-      self._previous_hook(unraisable)
 
 
 def _exit_now(status: int) -> None:
@@ -179,7 +232,7 @@ def resumable_on_interrupt(path, resumes: str):
     Ctrl-C that a finaliser swallowed (`interrupts`).
   - a file that could not be written or read (disk full, a read-only folder, a name too long):
     one line naming the file (else the run's folder) and the system's error, in place of
-    orbax's log records of the failure (`_HeldErrorReports`); exit status 1.
+    orbax's and tensorstore's reports of the failure (`_HeldErrorReports`); exit status 1.
   - any other error: its traceback, as Python prints it; exit status 1.
   """
   held = _HeldErrorReports()
@@ -193,10 +246,12 @@ def resumable_on_interrupt(path, resumes: str):
       raise
     except BaseException as error:  # pylint: disable=broad-exception-caught
       if any(isinstance(cause, KeyboardInterrupt) for cause in _chain(error)):
+        held.drop()
         sys.stderr.write(f'Interrupted. The same command resumes the run in {path}: {resumes}.\n')
         _exit_now(130)
       failure = storage_failure(error)
       if failure:
+        held.drop()
         file, reason = failure
         sys.stderr.write(
           f'Could not write or read {file or f"in {path}"}: {reason}. Free space or fix the '

@@ -256,9 +256,14 @@ def test_a_full_disk_ends_the_run_in_one_line_saying_so(tmp_path):
     assert ': No space left on device. ' in line
 
 
+def _finished_checkpoints(workdir: Path) -> list[str]:
+  folder = workdir / 'checkpoints'
+  return [p.name for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+
+
 def test_a_checkpoints_folder_turned_read_only_mid_run_ends_it_in_one_line(tmp_path):
-  """The checkpoints folder loses its write permission once the first checkpoint is in it
-  (every trial hung in issue 25). Run by root, train.py runs without the capability that
+  """The checkpoints folder loses its write permission once a checkpoint is in it (every trial
+  hung in issue 25). Run by root, train.py runs without the capability that
   overrides file permissions (`setpriv`), as any other user's would."""
   as_a_user = ()
   if os.geteuid() == 0:
@@ -269,8 +274,8 @@ def test_a_checkpoints_folder_turned_read_only_mid_run_ends_it_in_one_line(tmp_p
   processes = [_train_py(w, '--config.num_epochs=40', prefix=as_a_user) for w in workdirs]
   try:
     for workdir, process in zip(workdirs, processes, strict=True):
-      for _ in range(2400):  # 120 s
-        if (workdir / 'checkpoints' / '5').exists() or process.poll() is not None:
+      for _ in range(2400):  # 120 s; the first checkpoint may be rotated out by then
+        if _finished_checkpoints(workdir) or process.poll() is not None:
           break
         time.sleep(0.05)
       (workdir / 'checkpoints').chmod(0o555)
@@ -282,12 +287,9 @@ def test_a_checkpoints_folder_turned_read_only_mid_run_ends_it_in_one_line(tmp_p
         (workdir / 'checkpoints').chmod(0o755)
 
 
-def test_held_error_reports_are_let_through_when_the_run_ends_otherwise(
-  tmp_path, caplog, monkeypatch
-):
+def test_held_error_reports_are_shown_when_the_run_ends_otherwise(tmp_path, caplog, monkeypatch):
   """A run that succeeds after orbax logged a storage error, or after an unraisable error,
-  still shows both, once each: they are held only to be replaced by the one line of a failed
-  write."""
+  shows both, once each: they are held only to be replaced by the one line of a failed write."""
   unraisables = []
   monkeypatch.setattr(sys, 'unraisablehook', unraisables.append)
   with cli.resumable_on_interrupt(tmp_path, 'from nowhere'):
@@ -299,6 +301,24 @@ def test_held_error_reports_are_let_through_when_the_run_ends_otherwise(
     'Error writing "/runs/a/x": No space left on device [t]'
   ]
   assert [str(u.exc_value) for u in unraisables] == ['from a finaliser']
+
+
+def test_held_error_reports_are_shown_after_a_while_in_a_run_that_goes_on(
+  tmp_path, caplog, monkeypatch
+):
+  unraisables = []
+  monkeypatch.setattr(sys, 'unraisablehook', unraisables.append)
+  monkeypatch.setattr(cli, 'HOLD_S', 0.2)
+  with cli.resumable_on_interrupt(tmp_path, 'from nowhere'):
+    logging.getLogger('absl').error('Error writing "/runs/a/x": No space left on device [t]')
+    _Unraisable()
+    logging.getLogger('absl').error('not about a file')  # shown at once
+    assert [r.getMessage() for r in caplog.records] == ['not about a file']
+    time.sleep(1)
+    assert len(caplog.records) == 2
+    assert [str(u.exc_value) for u in unraisables] == ['from a finaliser']
+  assert len(caplog.records) == 2  # nothing is shown twice
+  assert len(unraisables) == 1
 
 
 class _Unraisable:
